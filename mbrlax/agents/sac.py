@@ -1,0 +1,133 @@
+"""Soft actor-critic (Haarnoja et al. 2018) with twin Q and automatic entropy tuning.
+
+Actions live in [-1, 1] (tanh-squashed Gaussian); the driver rescales them to
+the env's bounds. As in softlearning (the code MBPO is built on), the Q,
+policy and temperature losses of one update are computed from the same
+parameters and applied together. Every loss takes per-sample weights (MEMR, ReW). G updates
+run as one `lax.scan`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from mbrlax.config import SACConfig
+from mbrlax.nets import ensemble_apply, ensemble_init, mlp_apply, mlp_init
+from mbrlax.types import Batch
+
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
+
+
+@struct.dataclass
+class SACState:
+    params: dict  # {"actor": [...], "critic": [...] (2 stacked), "log_alpha": scalar}
+    target_critic: list
+    opt_state: optax.OptState
+
+
+def make_optimizer(cfg: SACConfig) -> optax.GradientTransformation:
+    return optax.adam(cfg.lr)
+
+
+def sac_init(key, obs_dim: int, act_dim: int, cfg: SACConfig) -> SACState:
+    ka, kc = jax.random.split(key)
+    hidden = [cfg.hidden_size] * cfg.num_layers
+    params = {
+        "actor": mlp_init(ka, [obs_dim] + hidden + [2 * act_dim]),
+        "critic": ensemble_init(kc, 2, [obs_dim + act_dim] + hidden + [1]),
+        "log_alpha": jnp.log(jnp.asarray(cfg.init_alpha, jnp.float32)),
+    }
+    target = jax.tree.map(jnp.copy, params["critic"])  # own buffers: the state is donated
+    return SACState(params, target, make_optimizer(cfg).init(params))
+
+
+def _gaussian(actor, obs):
+    mean, log_std = jnp.split(mlp_apply(actor, obs), 2, axis=-1)
+    return mean, jnp.clip(log_std, LOG_STD_MIN, LOG_STD_MAX)
+
+
+def sample_action(actor, obs, key):
+    """Reparameterized tanh-Gaussian sample and its log-probability."""
+    mean, log_std = _gaussian(actor, obs)
+    u = mean + jnp.exp(log_std) * jax.random.normal(key, mean.shape)
+    logp = jnp.sum(
+        -0.5 * ((u - mean) / jnp.exp(log_std)) ** 2 - log_std - 0.5 * jnp.log(2 * jnp.pi)
+        # log |d tanh(u)/du| = 2 (log 2 - u - softplus(-2u)), numerically stable
+        - 2.0 * (jnp.log(2.0) - u - jax.nn.softplus(-2.0 * u)),
+        axis=-1,
+    )
+    return jnp.tanh(u), logp
+
+
+def deterministic_action(actor, obs):
+    return jnp.tanh(_gaussian(actor, obs)[0])
+
+
+def q_values(critic, obs, action):
+    """Twin Q: [2, B]."""
+    x = jnp.concatenate([obs, action], axis=-1)
+    return ensemble_apply(critic, jnp.broadcast_to(x, (2,) + x.shape))[..., 0]
+
+
+def sac_loss(params, target_critic, batch: Batch, key, cfg: SACConfig, target_entropy: float):
+    """Q loss (soft Bellman residual), policy loss and temperature loss, all weighted per sample."""
+    alpha = jnp.exp(jax.lax.stop_gradient(params["log_alpha"]))
+    k_pi, k_next = jax.random.split(key)
+    act_pi, logp_pi = sample_action(params["actor"], batch.obs, k_pi)
+    act_next, logp_next = sample_action(jax.lax.stop_gradient(params["actor"]), batch.next_obs, k_next)
+
+    q_next = jnp.min(q_values(target_critic, batch.next_obs, act_next), axis=0)
+    target = batch.reward + cfg.gamma * (1.0 - batch.done) * (q_next - alpha * logp_next)
+    q = q_values(params["critic"], batch.obs, batch.action)
+    q_loss = 0.5 * jnp.sum(jnp.mean(batch.weight * (q - jax.lax.stop_gradient(target)) ** 2, axis=1))
+
+    q_pi = jnp.min(q_values(jax.lax.stop_gradient(params["critic"]), batch.obs, act_pi), axis=0)
+    pi_loss = jnp.mean(batch.weight * (alpha * logp_pi - q_pi))
+    alpha_loss = -params["log_alpha"] * jnp.mean(jax.lax.stop_gradient(logp_pi) + target_entropy)
+    metrics = {
+        "sac/q_loss": q_loss,
+        "sac/pi_loss": pi_loss,
+        "sac/alpha": alpha,
+        "sac/entropy": -jnp.mean(logp_pi),
+        "sac/q_mean": jnp.mean(q),
+    }
+    return q_loss + pi_loss + alpha_loss, metrics
+
+
+def make_sac_update(
+    cfg: SACConfig, act_dim: int, sample_batch: Callable[[object, jax.Array], Batch]
+) -> Callable:
+    """-> update(state, data, key) running cfg.updates_per_step updates in one lax.scan.
+
+    `sample_batch(data, key)` draws one minibatch (with its per-sample weights)
+    from whatever buffers `data` holds. Returns the new state and the mean
+    metrics; "sac/finite" is 0 if any loss was NaN/Inf.
+    """
+    opt = make_optimizer(cfg)
+    target_entropy = -float(act_dim) if cfg.target_entropy is None else cfg.target_entropy
+
+    def one_update(state: SACState, key, data):
+        k_batch, k_loss = jax.random.split(key)
+        batch = sample_batch(data, k_batch)
+        grads, metrics = jax.grad(sac_loss, has_aux=True)(
+            state.params, state.target_critic, batch, k_loss, cfg, target_entropy
+        )
+        updates, opt_state = opt.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        target = optax.incremental_update(params["critic"], state.target_critic, cfg.tau)
+        return SACState(params, target, opt_state), metrics
+
+    def update(state: SACState, data, key):
+        keys = jax.random.split(key, cfg.updates_per_step)
+        state, metrics = jax.lax.scan(lambda s, k: one_update(s, k, data), state, keys)
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in metrics.values()]))
+        metrics = {k: jnp.mean(v) for k, v in metrics.items()}
+        metrics["sac/finite"] = finite.astype(jnp.float32)
+        return state, metrics
+
+    return update

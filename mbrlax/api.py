@@ -1,0 +1,136 @@
+"""Python API: `train(config) -> Run`, `resume(run_dir)`, `load(run_dir) -> Policy`."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+
+from mbrlax import envs
+from mbrlax.algos.dyna import Dyna, Hooks, RunState, episode_returns, init_run_state, run_loop, scale_action
+from mbrlax.config import ConfigError, TrainConfig, config_from_dict, validate
+from mbrlax.run.checkpoint import CheckpointError, has_checkpoint, load_checkpoint
+from mbrlax.run.metrics import MetricsLogger, read_metrics
+
+
+@dataclass
+class Run:
+    """A finished (or stopped) run: its directory, config, final state and metrics."""
+
+    run_dir: Path
+    config: TrainConfig
+    state: RunState
+
+    @property
+    def metrics(self) -> dict[str, np.ndarray]:
+        return read_metrics(self.run_dir)
+
+    @property
+    def policy(self) -> "Policy":
+        return Policy(self.config, self.state.agent.params["actor"])
+
+
+def env_dims(cfg: TrainConfig) -> tuple[int, int]:
+    """Observation and action sizes of the config's env; checks the spaces are supported."""
+    env = envs.make(cfg.env)
+    obs_space, act_space = env.observation_space, env.action_space
+    env.close()
+    if not isinstance(act_space, gym.spaces.Box) or len(act_space.shape) != 1:
+        raise ConfigError(f"invalid env={cfg.env!r}: mbpo/sac need a 1-D continuous (Box) action space, got {act_space}")
+    if not isinstance(obs_space, gym.spaces.Box) or len(obs_space.shape) != 1:
+        raise ConfigError(f"invalid env={cfg.env!r}: mbpo/sac need a 1-D Box observation space, got {obs_space}")
+    return obs_space.shape[0], act_space.shape[0]
+
+
+def new_run_dir(cfg: TrainConfig) -> Path:
+    if cfg.out is not None:
+        run_dir = Path(cfg.out)
+        if has_checkpoint(run_dir) or (run_dir / "metrics.csv").exists():
+            raise ConfigError(
+                f"invalid out={cfg.out!r}: it already holds a run; continue it with "
+                f"`mbrlax resume {cfg.out}` or choose another --out"
+            )
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        run_dir = Path("runs") / f"{cfg.algo}_{cfg.env}_s{cfg.seed}_{stamp}"
+        n = 1
+        while run_dir.exists():
+            run_dir = run_dir.with_name(f"{cfg.algo}_{cfg.env}_s{cfg.seed}_{stamp}_{n}")
+            n += 1
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def train(cfg: TrainConfig, hooks: Hooks | None = None, stop_at: int | None = None) -> Run:
+    """Train from scratch; all config errors are raised before any work starts."""
+    validate(cfg)
+    obs_dim, act_dim = env_dims(cfg)
+    run_dir = new_run_dir(cfg)
+    print(f"mbrlax: {cfg.algo} on {cfg.env}, seed {cfg.seed}, {cfg.total_steps} env steps -> {run_dir}")
+    (run_dir / "config.json").write_text(cfg.to_json())
+    dyna = Dyna(cfg, obs_dim, act_dim, hooks or Hooks())
+    state = init_run_state(cfg, obs_dim, act_dim)
+    with MetricsLogger(run_dir) as logger:
+        state, _ = run_loop(dyna, state, {"env_steps": 0}, run_dir, logger, stop_at=stop_at)
+    return Run(run_dir, cfg, state)
+
+
+def load_config(run_dir: str | Path) -> TrainConfig:
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        raise CheckpointError(f"{run_dir} is not a run directory: no config.json")
+    return validate(config_from_dict(json.loads(path.read_text())))
+
+
+def _restore(run_dir: Path) -> tuple[TrainConfig, RunState, dict, int, int]:
+    cfg = load_config(run_dir)
+    obs_dim, act_dim = env_dims(cfg)
+    state, meta = load_checkpoint(run_dir, init_run_state(cfg, obs_dim, act_dim))
+    return cfg, state, meta, obs_dim, act_dim
+
+
+def resume(run_dir: str | Path, hooks: Hooks | None = None, stop_at: int | None = None) -> Run:
+    """Continue a stopped or killed run from its last checkpoint (metrics continue without gaps)."""
+    run_dir = Path(run_dir)
+    cfg, state, meta, obs_dim, act_dim = _restore(run_dir)
+    print(f"mbrlax: resuming {run_dir} at env step {meta['env_steps']} of {cfg.total_steps}")
+    dyna = Dyna(cfg, obs_dim, act_dim, hooks or Hooks())
+    with MetricsLogger(run_dir, resume_step=meta["env_steps"]) as logger:
+        state, _ = run_loop(dyna, state, meta, run_dir, logger, stop_at=stop_at)
+    return Run(run_dir, cfg, state)
+
+
+class Policy:
+    """A trained policy: `act(obs)` gives the deterministic action in the env's bounds."""
+
+    def __init__(self, cfg: TrainConfig, actor):
+        import jax
+
+        from mbrlax.agents.sac import deterministic_action
+
+        self.config, self.actor = cfg, actor
+        env = envs.make(cfg.env)
+        self.action_space = env.action_space
+        env.close()
+        self._act = jax.jit(lambda a, o: deterministic_action(a, o))
+
+    def act(self, obs) -> np.ndarray:
+        """obs [obs_dim] or [batch, obs_dim] -> action(s) scaled to the env's bounds."""
+        obs = np.asarray(obs, np.float32)
+        a = np.asarray(self._act(self.actor, obs.reshape(-1, obs.shape[-1])))
+        a = scale_action(a, self.action_space)
+        return a[0] if obs.ndim == 1 else a
+
+    def evaluate(self, episodes: int = 10, seed: int = 0) -> tuple[float, float]:
+        """Mean and std of the return over `episodes` episodes of the config's env."""
+        return episode_returns(envs.make(self.config.env, seed=seed), self.act, episodes)
+
+
+def load(run_dir: str | Path) -> Policy:
+    """The policy of a run's last checkpoint."""
+    cfg, state, _, _, _ = _restore(Path(run_dir))
+    return Policy(cfg, state.agent.params["actor"])

@@ -1,0 +1,224 @@
+"""Run configuration: frozen dataclasses, one docstring per field (the CLI help),
+and MBPO's per-environment presets (shared/design/REFERENCE.md, MBPO table)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+ALGOS = ("mbpo", "sac")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field and what is allowed."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Probabilistic ensemble dynamics model and its trainer (MBPO Sec. 4.1)."""
+
+    ensemble_size: int = 7
+    """Number of ensemble members."""
+    num_elites: int = 5
+    """Members with the lowest holdout MSE used for rollouts."""
+    hidden_size: int = 200
+    """Width of each hidden layer."""
+    num_layers: int = 4
+    """Number of hidden layers (SiLU)."""
+    weight_decays: tuple[float, ...] = (2.5e-5, 5e-5, 7.5e-5, 7.5e-5, 1e-4)
+    """L2 coefficient per layer, hidden layers then output (weights only)."""
+    lr: float = 1e-3
+    """Adam learning rate."""
+    batch_size: int = 256
+    """Minibatch size per member."""
+    holdout_ratio: float = 0.2
+    """Fraction of the real data held out for early stopping."""
+    max_holdout: int = 5000
+    """Cap on the holdout set size."""
+    improvement_threshold: float = 0.01
+    """Relative holdout-MSE improvement that counts as progress for a member."""
+    patience: int = 5
+    """Stop after more than this many epochs without progress of any member."""
+    max_epochs: int = 0
+    """Cap on epochs per training (0 = no cap, as in MBPO)."""
+    train_freq: int = 250
+    """Train the model (and generate rollouts) every this many env steps."""
+
+
+@dataclass(frozen=True)
+class SACConfig:
+    """Soft actor-critic with automatic entropy tuning (Haarnoja et al. 2018)."""
+
+    hidden_size: int = 256
+    """Width of the policy and Q networks."""
+    num_layers: int = 2
+    """Hidden layers of the policy and Q networks (ReLU)."""
+    lr: float = 3e-4
+    """Adam learning rate for policy, Q and temperature."""
+    batch_size: int = 256
+    """Minibatch size per update."""
+    gamma: float = 0.99
+    """Discount."""
+    tau: float = 0.005
+    """Polyak rate of the target Q networks."""
+    init_alpha: float = 1.0
+    """Initial temperature."""
+    target_entropy: float | None = None
+    """Entropy target (None: -action_dim)."""
+    updates_per_step: int = 20
+    """Gradient updates per env step (G)."""
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    """Branched model rollouts (MBPO Algorithm 2)."""
+
+    batch_size: int = 100_000
+    """Rollout start states drawn from real data every model.train_freq env steps."""
+    schedule: tuple[int, int, int, int] = (20, 150, 1, 15)
+    """Horizon schedule [a, b, x, y]: length x until epoch a, linear to y at epoch b."""
+    retain_epochs: int = 1
+    """Epochs of model rollouts kept in the model buffer."""
+    real_ratio: float = 0.05
+    """Fraction of real transitions in each SAC batch."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A training run."""
+
+    algo: Literal["mbpo", "sac"] = "mbpo"
+    """Algorithm: mbpo (model-based) or sac (model-free baseline)."""
+    env: str = "InvertedPendulum-v5"
+    """Environment id (see `mbrlax.envs.list_envs()`; any Gymnasium id also works)."""
+    seed: int = 0
+    """Random seed."""
+    total_steps: int = 5000
+    """Total real env steps, initial exploration included."""
+    init_steps: int = 500
+    """Uniform-random exploration steps before learning starts."""
+    steps_per_epoch: int = 250
+    """Env steps per epoch (evaluation, checkpoint and horizon-schedule unit)."""
+    eval_episodes: int = 5
+    """Deterministic evaluation episodes per epoch."""
+    checkpoint_every: int = 1
+    """Save a checkpoint every this many epochs."""
+    out: str | None = None
+    """Run directory (default: a new folder under runs/)."""
+    progress: bool = True
+    """Show a progress bar."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sac: SACConfig = field(default_factory=SACConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+def config_from_dict(d: dict) -> TrainConfig:
+    """Inverse of `TrainConfig.to_dict` (lists become tuples)."""
+    d = dict(d)
+    sub = {"model": ModelConfig, "sac": SACConfig, "rollout": RolloutConfig}
+    for name, cls in sub.items():
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in d.get(name, {}).items()}
+        d[name] = cls(**fields)
+    return TrainConfig(**d)
+
+
+# MBPO paper settings per environment (REFERENCE.md).
+# (steps_per_epoch, G, schedule, train_freq, retain_epochs, target_entropy, budget, init_steps)
+_MBPO_TABLE = {
+    "Hopper-v5": (1000, 20, (20, 150, 1, 15), 250, 1, -1.0, 125_000, 5000),
+    "Walker2d-v5": (1000, 20, (20, 150, 1, 1), 250, 1, -3.0, 300_000, 5000),
+    "HalfCheetah-v5": (1000, 40, (20, 150, 1, 1), 250, 1, -3.0, 400_000, 5000),
+    "AntTruncatedObs-v5": (1000, 20, (20, 100, 1, 25), 250, 1, -4.0, 300_000, 5000),
+    "Ant-v5": (1000, 20, (20, 100, 1, 25), 250, 1, -4.0, 300_000, 5000),
+    "HumanoidTruncatedObs-v5": (1000, 20, (20, 300, 1, 25), 1000, 5, -2.0, 300_000, 5000),
+    "Humanoid-v5": (1000, 20, (20, 300, 1, 25), 1000, 5, -2.0, 300_000, 5000),
+    "InvertedPendulum-v5": (250, 10, (1, 15, 1, 1), 250, 1, -0.05, 5000, 500),
+    "InvertedDoublePendulum-v5": (250, 20, (1, 15, 1, 1), 250, 1, -0.5, 20_000, 500),
+}
+
+
+def preset(env: str, algo: str = "mbpo", **overrides) -> TrainConfig:
+    """Paper settings for `env` (defaults for unknown envs), with field overrides."""
+    cfg = TrainConfig(algo=algo, env=env)
+    if env in _MBPO_TABLE:
+        epoch, g, sched, freq, retain, ent, budget, init = _MBPO_TABLE[env]
+        humanoid = env.startswith("Humanoid")
+        cfg = replace(
+            cfg,
+            steps_per_epoch=epoch,
+            total_steps=budget,
+            init_steps=init,
+            eval_episodes=5 if epoch <= 250 else 1,
+            model=replace(cfg.model, train_freq=freq, hidden_size=400 if humanoid else 200),
+            sac=replace(cfg.sac, updates_per_step=g, target_entropy=ent),
+            rollout=replace(
+                cfg.rollout,
+                schedule=sched,
+                retain_epochs=retain,
+                # 400 start states per env step (100 for Humanoid).
+                batch_size=(100 if humanoid else 400) * freq,
+            ),
+        )
+    return replace(cfg, **overrides) if overrides else cfg
+
+
+def rollout_horizon(schedule: tuple[int, int, int, int], epoch: int) -> int:
+    """MBPO's linear horizon schedule: int(min(max(x + (e-a)/(b-a)*(y-x), x), y))."""
+    a, b, x, y = schedule
+    return int(min(max(x + (epoch - a) / (b - a) * (y - x), x), y))
+
+
+def _require(ok: bool, field_name: str, value, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"invalid {field_name}={value!r}: {allowed}")
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    """Check every field a user can set; raise ConfigError naming the field."""
+    _require(cfg.algo in ALGOS, "algo", cfg.algo, f"must be one of {', '.join(ALGOS)}")
+    for name in ("total_steps", "steps_per_epoch", "eval_episodes", "checkpoint_every"):
+        _require(getattr(cfg, name) > 0, name, getattr(cfg, name), "must be a positive integer")
+    _require(cfg.init_steps >= 0, "init_steps", cfg.init_steps, "must be >= 0")
+    _require(
+        cfg.init_steps < cfg.total_steps, "init_steps", cfg.init_steps,
+        f"must be smaller than total_steps={cfg.total_steps}",
+    )
+    m, s, r = cfg.model, cfg.sac, cfg.rollout
+    for name in ("ensemble_size", "num_elites", "hidden_size", "num_layers", "batch_size",
+                 "max_holdout", "train_freq"):
+        _require(getattr(m, name) > 0, f"model.{name}", getattr(m, name), "must be a positive integer")
+    _require(
+        m.num_elites <= m.ensemble_size, "model.num_elites", m.num_elites,
+        f"must be <= model.ensemble_size={m.ensemble_size}",
+    )
+    _require(
+        len(m.weight_decays) == m.num_layers + 1, "model.weight_decays", m.weight_decays,
+        f"needs num_layers + 1 = {m.num_layers + 1} entries (hidden layers, then output)",
+    )
+    _require(0 < m.holdout_ratio < 1, "model.holdout_ratio", m.holdout_ratio, "must be in (0, 1)")
+    _require(m.lr > 0, "model.lr", m.lr, "must be > 0")
+    _require(m.patience >= 0, "model.patience", m.patience, "must be >= 0")
+    _require(m.max_epochs >= 0, "model.max_epochs", m.max_epochs, "must be >= 0 (0 = no cap)")
+    for name in ("hidden_size", "num_layers", "batch_size", "updates_per_step"):
+        _require(getattr(s, name) > 0, f"sac.{name}", getattr(s, name), "must be a positive integer")
+    _require(0 < s.gamma <= 1, "sac.gamma", s.gamma, "must be in (0, 1]")
+    _require(0 < s.tau <= 1, "sac.tau", s.tau, "must be in (0, 1]")
+    _require(s.lr > 0, "sac.lr", s.lr, "must be > 0")
+    _require(s.init_alpha > 0, "sac.init_alpha", s.init_alpha, "must be > 0")
+    a, b, x, y = r.schedule
+    _require(
+        len(r.schedule) == 4 and a < b and 1 <= x and 1 <= y, "rollout.schedule", r.schedule,
+        "must be [a, b, x, y] with epochs a < b and horizons x, y >= 1",
+    )
+    _require(r.batch_size > 0, "rollout.batch_size", r.batch_size, "must be a positive integer")
+    _require(r.retain_epochs > 0, "rollout.retain_epochs", r.retain_epochs, "must be a positive integer")
+    _require(0 <= r.real_ratio <= 1, "rollout.real_ratio", r.real_ratio, "must be in [0, 1]")
+    return cfg

@@ -1,0 +1,186 @@
+"""Ensemble trainer: bootstrap per member, holdout early stopping, elites.
+
+Follows MBPO's trainer (REFERENCE.md): holdout 20% capped at 5000; after every
+epoch a member whose holdout MSE improved by more than 1% (relative) is
+snapshotted; training stops once no member improved for more than `patience`
+epochs; the best snapshots are restored and the elites are the members with
+the lowest holdout MSE. The model is warm-started across calls.
+
+Index bookkeeping (splits, bootstrap, shuffles) is done in NumPy on the host;
+the minibatch updates run in jitted scans over chunks of at most `CHUNK`
+minibatches (at most log2(CHUNK)+1 compiled sizes for any data size), and the holdout check is one jitted call on a padded set.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mbrlax.config import ModelConfig
+from mbrlax.models.ensemble import ModelState, make_optimizer, member_mse, nll_loss
+
+CHUNK = 16  # max minibatches per jitted call
+
+# (train_indices [n_train], ensemble_size, rng) -> bootstrap indices [ensemble, n_train]
+BootstrapSampler = Callable[[np.ndarray, int, np.random.Generator], np.ndarray]
+
+
+def uniform_bootstrap(train_idx: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Each member draws len(train_idx) samples with replacement (MBPO)."""
+    return rng.choice(train_idx, size=(n, len(train_idx)), replace=True)
+
+
+def weighted_bootstrap(weights: np.ndarray) -> BootstrapSampler:
+    """Bootstrap with sampling probabilities proportional to `weights` over all data (PMAC)."""
+
+    def sample(train_idx, n, rng):
+        p = weights[train_idx] / weights[train_idx].sum()
+        return rng.choice(train_idx, size=(n, len(train_idx)), replace=True, p=p)
+
+    return sample
+
+
+def _epoch_batches(boot: np.ndarray, batch: int, rng: np.random.Generator):
+    """Shuffle each member's bootstrap row and cut it into minibatches.
+
+    Returns idx [n_batches, E, batch] and valid (the last minibatch may be partial).
+    """
+    e, n = boot.shape
+    order = np.argsort(rng.random((e, n)), axis=1)
+    idx = np.take_along_axis(boot, order, axis=1)
+    n_batches = -(-n // batch)
+    pad = n_batches * batch - n
+    idx = np.concatenate([idx, np.zeros((e, pad), idx.dtype)], axis=1)
+    valid = np.concatenate([np.ones((e, n), bool), np.zeros((e, pad), bool)], axis=1)
+    to_batches = lambda a: a.reshape(e, n_batches, batch).transpose(1, 0, 2)
+    return to_batches(idx).astype(np.int32), to_batches(valid)
+
+
+def _chunks(n_batches: int):
+    """Split n_batches into runs of CHUNK, then powers of two (few distinct compiled sizes)."""
+    start = 0
+    while start < n_batches:
+        left = n_batches - start
+        size = CHUNK if left >= CHUNK else 1 << (left.bit_length() - 1)
+        yield start, start + size
+        start += size
+
+
+class ModelTrainer:
+    """Trains a ModelState on (inputs, targets, weights) arrays of fixed capacity."""
+
+    def __init__(self, cfg: ModelConfig):
+        self.cfg = cfg
+        opt = make_optimizer(cfg)
+        decays = cfg.weight_decays
+
+        def train_chunk(state: ModelState, x, y, w, idx, valid):
+            def step(carry, batch):
+                params, opt_state = carry
+                bidx, bvalid = batch  # [E, B]
+                loss, grads = jax.value_and_grad(nll_loss)(
+                    params, state.norm_mean, state.norm_std, x[bidx], y[bidx], w[bidx] * bvalid, decays
+                )
+                updates, opt_state = opt.update(grads, opt_state, params)
+                return (optax.apply_updates(params, updates), opt_state), loss
+
+            (params, opt_state), losses = jax.lax.scan(step, (state.params, state.opt_state), (idx, valid))
+            return state.replace(params=params, opt_state=opt_state), jnp.sum(losses)
+
+        def holdout(state: ModelState, x, y, idx, mask):
+            return member_mse(state.params, state.norm_mean, state.norm_std, x[idx], y[idx], mask)
+
+        def keep_improved(best_layers, layers, improved):
+            pick = lambda b, c: jnp.where(improved.reshape((-1,) + (1,) * (c.ndim - 1)), c, b)
+            return jax.tree.map(pick, best_layers, layers)
+
+        self._train_chunk = jax.jit(train_chunk)
+        self._holdout = jax.jit(holdout)
+        self._keep_improved = jax.jit(keep_improved)
+
+    def compile_all_chunk_sizes(self, state: ModelState, x, y) -> None:
+        """Compile every chunk size up front (benchmarks exclude compile time); state is unchanged."""
+        e, b = self.cfg.ensemble_size, self.cfg.batch_size
+        size = CHUNK
+        while size >= 1:
+            idx = jnp.zeros((size, e, b), jnp.int32)
+            jax.block_until_ready(self._train_chunk(state, x, y, jnp.ones(x.shape[0]), idx, idx > 0))
+            size //= 2
+
+    def train(
+        self,
+        state: ModelState,
+        x: jax.Array,
+        y: jax.Array,
+        n: int,
+        rng: np.random.Generator,
+        weights: jax.Array | None = None,
+        bootstrap: BootstrapSampler = uniform_bootstrap,
+    ) -> tuple[ModelState, dict]:
+        """Train on the first `n` rows of x [cap, in], y [cap, out] (weights [cap] scale the NLL)."""
+        cfg = self.cfg
+        if weights is None:
+            weights = jnp.ones(x.shape[0])
+        perm = rng.permutation(n)
+        n_hold = min(int(n * cfg.holdout_ratio), cfg.max_holdout)
+        hold, train = perm[:n_hold], perm[n_hold:]
+        if len(train) == 0:
+            raise ValueError(f"model training needs more data: {n} transitions give an empty train split")
+        # Input normalizer from the training split (std < 1e-12 -> 1).
+        x_train = np.asarray(x)[train]
+        std = x_train.std(axis=0)
+        state = state.replace(
+            norm_mean=jnp.asarray(x_train.mean(axis=0)),
+            norm_std=jnp.asarray(np.where(std < 1e-12, 1.0, std)),
+        )
+        hold_idx = np.zeros(cfg.max_holdout, np.int32)
+        hold_idx[:n_hold] = hold
+        hold_mask = jnp.asarray(np.arange(cfg.max_holdout) < n_hold, jnp.float32)
+        hold_idx = jnp.asarray(hold_idx)
+
+        def holdout_mse(s):
+            if n_hold == 0:  # tiny data sets: fall back to the training rows
+                return np.asarray(self._holdout(s, x, y, jnp.asarray(train[:cfg.max_holdout]),
+                                                jnp.ones(min(len(train), cfg.max_holdout))))
+            return np.asarray(self._holdout(s, x, y, hold_idx, hold_mask))
+
+        boot = bootstrap(train, cfg.ensemble_size, rng)
+        best_mse = np.full(cfg.ensemble_size, np.inf)
+        best_layers = state.params["layers"]
+        epochs, since_improved, loss = 0, 0, float("nan")
+        while True:
+            idx, valid = _epoch_batches(boot, cfg.batch_size, rng)
+            total = 0.0
+            for a, b in _chunks(len(idx)):
+                state, l_sum = self._train_chunk(state, x, y, weights, idx[a:b], valid[a:b])
+                total += l_sum
+            loss = float(total) / len(idx)
+            epochs += 1
+            mse = holdout_mse(state)
+            with np.errstate(invalid="ignore"):  # first epoch: best is inf
+                improved = (best_mse - mse) / best_mse > cfg.improvement_threshold
+            improved |= np.isinf(best_mse) & np.isfinite(mse)
+            if improved.any():
+                best_layers = self._keep_improved(best_layers, state.params["layers"], jnp.asarray(improved))
+                best_mse = np.where(improved, mse, best_mse)
+                since_improved = 0
+            else:
+                since_improved += 1
+            if not np.isfinite(loss) or since_improved > cfg.patience or (cfg.max_epochs and epochs >= cfg.max_epochs):
+                break
+        params = dict(state.params, layers=best_layers)
+        elites = np.argsort(best_mse)[: cfg.num_elites]
+        state = state.replace(
+            params=params, elites=jnp.asarray(elites, jnp.int32), holdout_mse=jnp.asarray(best_mse)
+        )
+        info = {
+            "model/train_loss": loss,
+            "model/holdout_mse": float(np.mean(best_mse[elites])),
+            "model/epochs": epochs,
+            "model/train_size": len(train),
+        }
+        return state, info

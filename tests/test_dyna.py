@@ -1,0 +1,196 @@
+"""End-to-end behaviour of the Dyna loop, runs, resume and bad input (tiny configs)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import mbrlax
+from mbrlax.algos import dyna as dyna_mod
+from mbrlax.algos.dyna import Hooks, NonFiniteError
+from mbrlax.api import load_config
+from mbrlax.cli import main
+from mbrlax.config import ConfigError, ModelConfig, RolloutConfig, SACConfig, preset
+from mbrlax.run.checkpoint import CheckpointError, load_checkpoint
+from mbrlax.run.metrics import read_metrics
+
+TINY = dict(
+    total_steps=400, init_steps=100, steps_per_epoch=100, eval_episodes=1, progress=False,
+    model=ModelConfig(hidden_size=32, num_layers=2, weight_decays=(1e-5, 1e-5, 1e-5), train_freq=100,
+                      ensemble_size=3, num_elites=2, max_epochs=5),
+    sac=SACConfig(hidden_size=32, updates_per_step=2, batch_size=64),
+    rollout=RolloutConfig(batch_size=200, schedule=(1, 3, 1, 3)),
+)
+TINY_FLAGS = [
+    "--total-steps", "400", "--init-steps", "100", "--steps-per-epoch", "100", "--eval-episodes", "1",
+    "--no-progress", "--model.hidden-size", "32", "--model.num-layers", "2",
+    "--model.weight-decays", "1e-5", "1e-5", "1e-5", "--model.train-freq", "100",
+    "--model.ensemble-size", "3", "--model.num-elites", "2", "--model.max-epochs", "5",
+    "--sac.hidden-size", "32", "--sac.updates-per-step", "2", "--sac.batch-size", "64",
+    "--rollout.batch-size", "200", "--rollout.schedule", "1", "3", "1", "3",
+]
+
+
+def tiny(tmp_path, algo="mbpo", **kw):
+    return preset("InvertedPendulum-v5", algo, **{**TINY, "out": str(tmp_path / "run"), **kw})
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    dyna_mod.TRACE_COUNTS.clear()
+    run = mbrlax.train(tiny(tmp_path_factory.mktemp("finished")))
+    return run, dict(dyna_mod.TRACE_COUNTS)
+
+
+def test_run_directory_contents(finished):
+    run, _ = finished
+    d = run.run_dir
+    assert load_config(d) == run.config
+    m = read_metrics(d)
+    np.testing.assert_array_equal(m["env_steps"], [100, 200, 300, 400])
+    for col in ("eval_return", "model/train_loss", "model/holdout_mse", "rollout/horizon", "sac/q_loss",
+                "sac/alpha", "time/wall"):
+        assert col in m
+    assert np.all(np.isfinite(m["model/holdout_mse"][1:])) and np.isnan(m["model/holdout_mse"][0])
+    # Horizon schedule (1, 3, 1, 3) over loop epochs 0, 1, 2 -> 1, 1, 2.
+    np.testing.assert_array_equal(m["rollout/horizon"][1:], [1, 1, 2])
+    assert np.all(m["rollout/transitions"][1:] > 0)
+    assert list((d / "tb").glob("events.out.tfevents*"))
+    assert (d / "checkpoints" / "ckpt.npz").exists()
+    assert int(run.state.real.size) == 400
+
+
+def test_each_hot_path_compiled_once(finished):
+    _, traces = finished
+    # Growing horizons (1 -> 2) and growing data must not re-trace the jitted steps.
+    for name in ("agent_step", "rollout", "act", "add_real", "training_data"):
+        assert traces.get(name) == 1, (name, traces)
+
+
+def test_load_gives_same_actions(finished):
+    run, _ = finished
+    policy = mbrlax.load(run.run_dir)
+    obs = np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32)
+    np.testing.assert_array_equal(policy.act(obs), run.policy.act(obs))
+    lo, hi = policy.action_space.low, policy.action_space.high
+    assert np.all(policy.act(obs) >= lo) and np.all(policy.act(obs) <= hi)
+
+
+def test_sac_baseline_runs_without_model(tmp_path):
+    run = mbrlax.train(tiny(tmp_path, algo="sac", total_steps=300))
+    m = read_metrics(run.run_dir)
+    assert "model/train_loss" not in m and run.state.model is None
+    assert np.all(np.isfinite(m["sac/q_loss"][1:]))
+
+
+def test_resume_after_kill_9(tmp_path):
+    out = tmp_path / "killed"
+    flags = TINY_FLAGS + ["--total-steps", "1500", "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "mbrlax.cli", "train", *flags],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if (out / "metrics.csv").exists() and len(read_metrics(out).get("env_steps", [])) >= 3:
+            break
+        assert proc.poll() is None, proc.stderr.read().decode()
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    run = mbrlax.resume(out)
+    steps = read_metrics(out)["env_steps"]
+    np.testing.assert_array_equal(steps, np.arange(100, 1501, 100))  # no gap, no duplicate
+    assert int(run.state.real.size) == 1500  # every real transition kept
+
+
+def test_nan_in_agent_stops_with_error_and_keeps_checkpoint(tmp_path):
+    cfg = tiny(tmp_path)
+    mbrlax.train(cfg, stop_at=200)
+    nan_weights = Hooks(transition_weights=lambda b: jnp.full_like(b.reward, jnp.nan))
+    with pytest.raises(NonFiniteError, match=r"SAC update .* env step 200"):
+        mbrlax.resume(cfg.out, hooks=nan_weights)
+    run = mbrlax.resume(cfg.out)  # the last good checkpoint is intact
+    np.testing.assert_array_equal(read_metrics(cfg.out)["env_steps"], [100, 200, 300, 400])
+    assert np.all(np.isfinite(np.asarray(run.state.agent.params["log_alpha"])))
+
+
+def test_nan_in_model_stops_with_error(tmp_path, monkeypatch):
+    cfg = tiny(tmp_path)
+    monkeypatch.setattr("mbrlax.models.trainer.nll_loss", lambda *a: jnp.float32(jnp.nan))
+    with pytest.raises(NonFiniteError, match=r"model training .* env step 100"):
+        mbrlax.train(cfg)
+
+
+def test_resume_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="no config.json"):
+        mbrlax.resume(tmp_path)
+    cfg = tiny(tmp_path)
+    mbrlax.train(cfg, stop_at=100)
+    run_dir = Path(cfg.out)
+    # A config that does not match the checkpoint's shapes.
+    good = (run_dir / "config.json").read_text()
+    bad = json.loads(good)
+    bad["sac"]["hidden_size"] = 16
+    (run_dir / "config.json").write_text(json.dumps(bad))
+    with pytest.raises(CheckpointError, match="different config"):
+        mbrlax.resume(run_dir)
+    (run_dir / "config.json").write_text(good)
+    # A truncated checkpoint with no previous one.
+    ckpt = run_dir / "checkpoints" / "ckpt.npz"
+    ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    with pytest.raises(CheckpointError):
+        mbrlax.resume(run_dir)
+    # A missing checkpoint never starts a fresh run silently.
+    ckpt.unlink()
+    with pytest.raises(CheckpointError):
+        mbrlax.resume(run_dir)
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--env", "Hopperr-v5"], "Hopper-v5"),
+        (["--total-steps", "0"], "total_steps"),
+        (["--rollout.schedule", "20", "10", "1", "15"], "rollout.schedule"),
+        (["--model.num-elites", "9"], "model.num_elites"),
+        (["--init-steps", "6000", "--total-steps", "5000"], "init_steps"),
+        (["--sac.gamma", "1.5"], "sac.gamma"),
+    ],
+)
+def test_bad_input_clear_error_before_work(tmp_path, capsys, flags, expected):
+    out = tmp_path / "never"
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--out", str(out), *flags])
+    assert e.value.code == 2
+    assert expected in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_unknown_algo_lists_choices(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--algo", "mbpoo"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "mbpo" in err and "sac" in err
+
+
+def test_out_dir_with_a_run_is_refused(finished):
+    run, _ = finished
+    with pytest.raises(ConfigError, match="resume"):
+        mbrlax.train(replace(run.config, out=str(run.run_dir)))
+
+
+def test_cli_eval_and_plot(finished, tmp_path, capsys):
+    run, _ = finished
+    main(["eval", str(run.run_dir), "--episodes", "2"])
+    assert "eval_return" in capsys.readouterr().out
+    png = tmp_path / "curves.png"
+    main(["plot", str(run.run_dir), "-o", str(png)])
+    assert png.stat().st_size > 1000
