@@ -105,6 +105,8 @@ class TrainConfig:
     """Deterministic evaluation episodes per epoch."""
     checkpoint_every: int = 1
     """Save a checkpoint every this many epochs."""
+    stop_return: float | None = None
+    """Stop early once the evaluation return reaches this value (None: run all steps)."""
     out: str | None = None
     """Run directory (default: a new folder under runs/)."""
     progress: bool = True
@@ -167,6 +169,8 @@ def preset(env: str, algo: str = "mbpo", **overrides) -> TrainConfig:
                 batch_size=(100 if humanoid else 400) * freq,
             ),
         )
+    if algo == "sac":  # the model-free baseline: one update per env step (SAC paper)
+        cfg = replace(cfg, sac=replace(cfg.sac, updates_per_step=1))
     return replace(cfg, **overrides) if overrides else cfg
 
 

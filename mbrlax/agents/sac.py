@@ -3,7 +3,8 @@
 Actions live in [-1, 1] (tanh-squashed Gaussian); the driver rescales them to
 the env's bounds. As in softlearning (the code MBPO is built on), the Q,
 policy and temperature losses of one update are computed from the same
-parameters and applied together. Every loss takes per-sample weights (MEMR, ReW). G updates
+parameters and applied together. The Q and policy losses take per-sample
+weights (MEMR, ReW); the temperature is tuned on the unweighted batch. G updates
 run as one `lax.scan`.
 """
 
@@ -75,7 +76,7 @@ def q_values(critic, obs, action):
 
 
 def sac_loss(params, target_critic, batch: Batch, key, cfg: SACConfig, target_entropy: float):
-    """Q loss (soft Bellman residual), policy loss and temperature loss, all weighted per sample."""
+    """Q loss (soft Bellman residual) and policy loss, weighted per sample, and the temperature loss."""
     alpha = jnp.exp(jax.lax.stop_gradient(params["log_alpha"]))
     k_pi, k_next = jax.random.split(key)
     act_pi, logp_pi = sample_action(params["actor"], batch.obs, k_pi)

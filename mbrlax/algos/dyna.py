@@ -315,8 +315,12 @@ def run_loop(
                 bar.update(0, eval_return=ret)
                 meta["wall_time"] = wall
                 meta["epochs_done"] = meta.get("epochs_done", 0) + 1
-                if meta["epochs_done"] % cfg.checkpoint_every == 0 or meta["env_steps"] == end:
+                reached = cfg.stop_return is not None and ret >= cfg.stop_return
+                if meta["epochs_done"] % cfg.checkpoint_every == 0 or meta["env_steps"] == end or reached:
                     timer("checkpoint", save_checkpoint, run_dir, state, meta)
+                if reached:
+                    print(f"mbrlax: eval_return {ret:.1f} >= stop_return {cfg.stop_return}: stopping")
+                    break
     return state, meta
 
 

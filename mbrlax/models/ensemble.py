@@ -36,8 +36,10 @@ def model_init(key, obs_dim: int, act_dim: int, cfg: ModelConfig) -> ModelState:
     sizes = [in_dim] + [cfg.hidden_size] * cfg.num_layers + [2 * out_dim]
     params = {
         "layers": ensemble_init(key, cfg.ensemble_size, sizes, init="truncnorm"),
-        "max_logvar": jnp.full((out_dim,), 0.5),
-        "min_logvar": jnp.full((out_dim,), -10.0),
+        # Explicit dtypes: weakly typed leaves turn strong after the first update, which
+        # re-compiled every jitted consumer (train_chunk twice more) after compile_all_chunk_sizes.
+        "max_logvar": jnp.full((out_dim,), 0.5, jnp.float32),
+        "min_logvar": jnp.full((out_dim,), -10.0, jnp.float32),
     }
     return ModelState(
         params=params,
@@ -45,7 +47,7 @@ def model_init(key, obs_dim: int, act_dim: int, cfg: ModelConfig) -> ModelState:
         norm_mean=jnp.zeros(in_dim),
         norm_std=jnp.ones(in_dim),
         elites=jnp.arange(cfg.num_elites, dtype=jnp.int32),
-        holdout_mse=jnp.full((cfg.ensemble_size,), jnp.inf),
+        holdout_mse=jnp.full((cfg.ensemble_size,), jnp.inf, jnp.float32),
     )
 
 
@@ -120,7 +122,8 @@ def sample_step(state: ModelState, obs, action, key, with_disagreement: bool = F
     n_el = state.elites.shape[0]
     chunk = -(-b // n_el)
     k_perm, k_noise = jax.random.split(key)
-    perm = jax.random.permutation(k_perm, chunk * n_el) % b  # padded rows repeat real ones
+    raw_perm = jax.random.permutation(k_perm, chunk * n_el)
+    perm = raw_perm % b  # padded rows repeat real ones
     x = model_inputs(obs, action)[perm].reshape(n_el, chunk, -1)
     elite_params = {
         "layers": jax.tree.map(lambda p: p[state.elites], state.params["layers"]),
@@ -130,8 +133,11 @@ def sample_step(state: ModelState, obs, action, key, with_disagreement: bool = F
     mean, lv = forward(elite_params, state.norm_mean, state.norm_std, x)
     out = mean + jnp.exp(0.5 * lv) * jax.random.normal(k_noise, mean.shape)
     out = out.reshape(chunk * n_el, -1)
-    # Undo the permutation: row perm[i] of the batch was computed at position i.
-    pos = jnp.zeros(b, jnp.int32).at[perm].set(jnp.arange(chunk * n_el, dtype=jnp.int32))
+    # Undo the permutation: row r is read where raw_perm == r (a uniform position, so a uniform
+    # elite); the padded copies (raw_perm >= b) are dropped. Scattering through `perm` instead
+    # would hit rows < pad twice (undefined winner, biased toward later elites).
+    n_pos = chunk * n_el
+    pos = jnp.zeros(n_pos, jnp.int32).at[raw_perm].set(jnp.arange(n_pos, dtype=jnp.int32))[:b]
     out = out[pos]
     reward, next_obs = out[:, 0], obs + out[:, 1:]
     if with_disagreement:

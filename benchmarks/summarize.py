@@ -1,0 +1,44 @@
+"""Markdown table of eval returns at given env steps for a set of runs.
+
+    python benchmarks/summarize.py --steps 10000 20000 30000 RUN_DIR...
+    python benchmarks/summarize.py --first-reaching 900 RUN_DIR...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from mbrlax.run.metrics import read_metrics
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("runs", nargs="+")
+    p.add_argument("--steps", type=int, nargs="*", default=[])
+    p.add_argument("--first-reaching", type=float, default=None)
+    args = p.parse_args()
+    cols = [f"{s // 1000}k" for s in args.steps]
+    if args.first_reaching is not None:
+        cols += [f"first step with eval >= {args.first_reaching:g}", "final eval"]
+    print("| run | algo | seed | " + " | ".join(cols) + " |")
+    print("|---" * (3 + len(cols)) + "|")
+    for run in args.runs:
+        m = read_metrics(run)
+        cfg = json.loads((Path(run) / "config.json").read_text())
+        row = []
+        for s in args.steps:
+            hit = m["env_steps"] == s
+            row.append(f"{m['eval_return'][hit][0]:.0f}" if hit.any() else "-")
+        if args.first_reaching is not None:
+            ok = np.nonzero(m["eval_return"] >= args.first_reaching)[0]
+            row.append(str(int(m["env_steps"][ok[0]])) if len(ok) else "never")
+            row.append(f"{m['eval_return'][-1]:.0f} at {int(m['env_steps'][-1])}")
+        print(f"| {Path(run).name} | {cfg['algo']} | {cfg['seed']} | " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main()
