@@ -10,7 +10,7 @@ for s in 0 1; do
   mbrlax train --env Hopper-v5 --algo mbpo --seed $s --total-steps 30000 --no-progress --out $OUT/hopper_mbpo_s$s
   mbrlax train --env Hopper-v5 --algo sac --seed $s --total-steps 30000 --no-progress --out $OUT/hopper_sac_s$s
 done
-python benchmarks/summarize.py --steps 10000 20000 30000 $OUT/hopper_*
+python benchmarks/summarize.py --steps 10000,20000,30000 $OUT/hopper_*
 mbrlax plot $OUT/hopper_* -o $OUT/hopper.png
 # Speed at MBPO's Hopper settings, and at mbrl-lib's defaults (40 updates, width 512).
 mbrlax bench --env Hopper-v5

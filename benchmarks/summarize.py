@@ -1,6 +1,6 @@
 """Markdown table of eval returns at given env steps for a set of runs.
 
-    python benchmarks/summarize.py --steps 10000 20000 30000 RUN_DIR...
+    python benchmarks/summarize.py --steps 10000,20000,30000 RUN_DIR...
     python benchmarks/summarize.py --first-reaching 900 RUN_DIR...
 """
 
@@ -18,7 +18,8 @@ from mbrlax.run.metrics import read_metrics
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("runs", nargs="+")
-    p.add_argument("--steps", type=int, nargs="*", default=[])
+    p.add_argument("--steps", type=lambda v: [int(x) for x in v.split(",")], default=[],
+                   help="comma-separated env steps, e.g. 10000,20000,30000")
     p.add_argument("--first-reaching", type=float, default=None)
     args = p.parse_args()
     cols = [f"{s // 1000}k" for s in args.steps]
