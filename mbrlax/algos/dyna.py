@@ -83,10 +83,10 @@ def max_horizon(cfg: TrainConfig) -> int:
     return max(cfg.rollout.schedule[2], cfg.rollout.schedule[3])
 
 
-def model_buffer_capacity(cfg: TrainConfig) -> int:
-    """retain_epochs x rollouts per epoch x max horizon (MBPO)."""
+def model_buffer_rows(cfg: TrainConfig, horizon: int) -> int:
+    """retain_epochs x rollouts per epoch x horizon (MBPO's model buffer size)."""
     per_epoch = cfg.rollout.batch_size * max(1, cfg.steps_per_epoch // cfg.model.train_freq)
-    return cfg.rollout.retain_epochs * per_epoch * max_horizon(cfg)
+    return cfg.rollout.retain_epochs * per_epoch * horizon
 
 
 def init_run_state(cfg: TrainConfig, obs_dim: int, act_dim: int) -> RunState:
@@ -96,7 +96,7 @@ def init_run_state(cfg: TrainConfig, obs_dim: int, act_dim: int) -> RunState:
         agent=sac_init(k_agent, obs_dim, act_dim, cfg.sac),
         model=model_init(k_model, obs_dim, act_dim, cfg.model) if mbpo else None,
         real=buffer_init(obs_dim, act_dim, cfg.total_steps),
-        imagined=buffer_init(obs_dim, act_dim, model_buffer_capacity(cfg)) if mbpo else None,
+        imagined=buffer_init(obs_dim, act_dim, model_buffer_rows(cfg, max_horizon(cfg))) if mbpo else None,
     )
 
 
@@ -175,8 +175,7 @@ class Dyna:
 
     def window(self, horizon: int) -> int:
         """Model-buffer rows SAC samples from: retain_epochs of rollouts at the current horizon."""
-        c = self.cfg
-        return c.rollout.retain_epochs * c.rollout.batch_size * max(1, c.steps_per_epoch // c.model.train_freq) * horizon
+        return model_buffer_rows(self.cfg, horizon)
 
     def train_model(self, state: RunState, env_steps: int) -> tuple[RunState, dict]:
         x, y = self.training_data(state.real)
