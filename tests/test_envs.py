@@ -69,7 +69,7 @@ def _transitions(env_id: str, seed: int = 0):
 
 
 def test_list_envs():
-    assert envs.list_envs() == sorted(PRESETS)
+    assert envs.list_envs() == sorted(PRESETS + ["IcyRoad-v0", "Intersection-v0"])
 
 
 @pytest.mark.parametrize("env_id", PRESETS)

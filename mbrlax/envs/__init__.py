@@ -4,6 +4,11 @@
     env = envs.make("Hopper-v5", seed=0)
     done = envs.termination_fn("Hopper-v5")(obs, action, next_obs)  # bool [B]
 
+The DAM paper's stochastic envs ``IcyRoad-v0`` and ``Intersection-v0``
+(:mod:`mbrlax.envs.dam_envs`, registered with Gymnasium on import) are presets too;
+they also have a known pure-JAX reward, ``envs.reward_fn(env_id)(obs, action,
+next_obs) -> [B]``, for planning.
+
 Any other registered Gymnasium id also works with :func:`make`, but no termination
 rule is known for it: a warning is emitted and model rollouts treat it as never
 terminating unless a termination function is supplied explicitly.
@@ -18,20 +23,23 @@ from typing import Any, Callable
 
 import gymnasium
 
-from mbrlax.envs import termination
+from mbrlax.envs import dam_envs, termination
 
 __all__ = [
     "EnvSpec",
+    "RewardFn",
     "TerminationFn",
     "UnknownEnvError",
     "get_spec",
     "list_envs",
     "make",
+    "reward_fn",
     "termination",
     "termination_fn",
 ]
 
 TerminationFn = Callable[[Any, Any, Any], Any]
+RewardFn = Callable[[Any, Any, Any], Any]
 
 
 class UnknownEnvError(ValueError):
@@ -40,13 +48,15 @@ class UnknownEnvError(ValueError):
 
 @dataclass(frozen=True)
 class EnvSpec:
-    """A preset: how to build it with Gymnasium and when it terminates."""
+    """A preset: how to build it with Gymnasium, when it terminates and (if known) its reward."""
 
     id: str
     gym_id: str
     gym_kwargs: dict = field(default_factory=dict, hash=False)
     termination: TerminationFn | None = None
     obs_dim: int | None = None  # informational: observation size of the preset
+    reward: RewardFn | None = None  # pure-jnp fn(obs, action, next_obs) -> [B], if known
+    episode_steps: int | None = None  # fixed episode length, where the env truncates itself
 
 
 _ANT_TRUNCATED = {"include_cfrc_ext_in_observation": False}
@@ -56,6 +66,8 @@ _HUMANOID_TRUNCATED = {
     "include_qfrc_actuator_in_observation": False,
     "include_cfrc_ext_in_observation": False,
 }
+
+dam_envs.register_envs()
 
 _PRESETS: dict[str, EnvSpec] = {
     s.id: s
@@ -76,6 +88,24 @@ _PRESETS: dict[str, EnvSpec] = {
         EnvSpec("AntTruncatedObs-v5", "Ant-v5", _ANT_TRUNCATED, termination.ant, 27),
         EnvSpec(
             "HumanoidTruncatedObs-v5", "Humanoid-v5", _HUMANOID_TRUNCATED, termination.humanoid, 45
+        ),
+        EnvSpec(
+            dam_envs.ICYROAD_ID,
+            dam_envs.ICYROAD_ID,
+            {},
+            termination.never,
+            4,
+            reward=dam_envs.icyroad_reward,
+            episode_steps=5,
+        ),
+        EnvSpec(
+            dam_envs.INTERSECTION_ID,
+            dam_envs.INTERSECTION_ID,
+            {},
+            termination.never,
+            10,
+            reward=dam_envs.intersection_reward,
+            episode_steps=25,
         ),
     )
 }
@@ -153,3 +183,19 @@ def termination_fn(env_id: str) -> TerminationFn:
         _warn_no_termination(env_id)
         return termination.never
     return spec.termination
+
+
+def reward_fn(env_id: str) -> RewardFn:
+    """Pure-jnp ``fn(obs, action, next_obs) -> [B]``: the known reward of ``env_id``.
+
+    Known only for presets with a reward (IcyRoad-v0, Intersection-v0, with their default
+    parameters); raises ``ValueError`` for other ids.
+    """
+    spec = get_spec(env_id)
+    if spec.reward is None:
+        known = ", ".join(sorted(s.id for s in _PRESETS.values() if s.reward is not None))
+        raise ValueError(
+            f"No known reward function for {env_id!r}: a reward function is known only for "
+            f"{known}. Learn the reward with the model instead."
+        )
+    return spec.reward

@@ -60,6 +60,12 @@ def _epoch_batches(boot: np.ndarray, batch: int, rng: np.random.Generator):
     return to_batches(idx).astype(np.int32), to_batches(valid)
 
 
+def _holdout_padding(n_hold: int, max_holdout: int) -> int:
+    """Holdout rows are padded to the next power of two (>= 256), capped at max_holdout:
+    few compiled sizes, and no evaluating 5000 rows when 1000 are real."""
+    return min(max(256, 1 << max(n_hold - 1, 1).bit_length()), max_holdout)
+
+
 def _chunks(n_batches: int):
     """Split n_batches into runs of CHUNK, then powers of two (few distinct compiled sizes)."""
     start = 0
@@ -70,10 +76,22 @@ def _chunks(n_batches: int):
         start += size
 
 
-class ModelTrainer:
-    """Trains a ModelState on (inputs, targets, weights) arrays of fixed capacity."""
+# (params, norm_mean, norm_std, x [E,B,in], y [E,B,out], w [E,B], weight_decays) -> scalar loss
+LossFn = Callable[..., jax.Array]
+# (params, norm_mean, norm_std, x [B,in], y [B,out], mask [B]) -> per-member holdout score [E], lower is better
+ScoreFn = Callable[..., jax.Array]
 
-    def __init__(self, cfg: ModelConfig):
+
+class ModelTrainer:
+    """Trains a ModelState on (inputs, targets, weights) arrays of fixed capacity.
+
+    Any model whose params hold its stacked members under params["layers"] can be
+    trained: `loss_fn` is its weighted training loss and `score_fn` its per-member
+    holdout score (the ensemble's MSE by default; a mixture density network passes
+    its NLL, since a mean's MSE says little about a multimodal fit).
+    """
+
+    def __init__(self, cfg: ModelConfig, loss_fn: LossFn = nll_loss, score_fn: ScoreFn = member_mse):
         self.cfg = cfg
         opt = make_optimizer(cfg)
         decays = cfg.weight_decays
@@ -82,7 +100,7 @@ class ModelTrainer:
             def step(carry, batch):
                 params, opt_state = carry
                 bidx, bvalid = batch  # [E, B]
-                loss, grads = jax.value_and_grad(nll_loss)(
+                loss, grads = jax.value_and_grad(loss_fn)(
                     params, state.norm_mean, state.norm_std, x[bidx], y[bidx], w[bidx] * bvalid, decays
                 )
                 updates, opt_state = opt.update(grads, opt_state, params)
@@ -92,7 +110,7 @@ class ModelTrainer:
             return state.replace(params=params, opt_state=opt_state), jnp.sum(losses)
 
         def holdout(state: ModelState, x, y, idx, mask):
-            return member_mse(state.params, state.norm_mean, state.norm_std, x[idx], y[idx], mask)
+            return score_fn(state.params, state.norm_mean, state.norm_std, x[idx], y[idx], mask)
 
         def keep_improved(best_layers, layers, improved):
             pick = lambda b, c: jnp.where(improved.reshape((-1,) + (1,) * (c.ndim - 1)), c, b)
@@ -103,13 +121,21 @@ class ModelTrainer:
         self._keep_improved = jax.jit(keep_improved)
 
     def compile_all_chunk_sizes(self, state: ModelState, x, y) -> None:
-        """Compile every chunk size up front (benchmarks exclude compile time); state is unchanged."""
+        """Compile every chunk and holdout size up front (benchmarks exclude compile time); state is unchanged."""
         e, b = self.cfg.ensemble_size, self.cfg.batch_size
         size = CHUNK
         while size >= 1:
             idx = jnp.zeros((size, e, b), jnp.int32)
             jax.block_until_ready(self._train_chunk(state, x, y, jnp.ones(x.shape[0]), idx, idx > 0))
             size //= 2
+        padded = 256
+        while True:
+            padded = min(padded, self.cfg.max_holdout)
+            idx = jnp.zeros(padded, jnp.int32)
+            jax.block_until_ready(self._holdout(state, x, y, idx, jnp.ones(padded)))
+            if padded == self.cfg.max_holdout:
+                break
+            padded *= 2
 
     def train(
         self,
@@ -137,9 +163,10 @@ class ModelTrainer:
             norm_mean=jnp.asarray(x_train.mean(axis=0)),
             norm_std=jnp.asarray(np.where(std < 1e-12, 1.0, std)),
         )
-        hold_idx = np.zeros(cfg.max_holdout, np.int32)
+        padded = _holdout_padding(n_hold, cfg.max_holdout)
+        hold_idx = np.zeros(padded, np.int32)
         hold_idx[:n_hold] = hold
-        hold_mask = jnp.asarray(np.arange(cfg.max_holdout) < n_hold, jnp.float32)
+        hold_mask = jnp.asarray(np.arange(padded) < n_hold, jnp.float32)
         hold_idx = jnp.asarray(hold_idx)
 
         def holdout_mse(s):
@@ -162,7 +189,7 @@ class ModelTrainer:
             epochs += 1
             mse = holdout_mse(state)
             with np.errstate(invalid="ignore"):  # first epoch: best is inf
-                improved = (best_mse - mse) / best_mse > cfg.improvement_threshold
+                improved = (best_mse - mse) / np.abs(best_mse) > cfg.improvement_threshold  # |.|: NLL scores may be < 0
             improved |= np.isinf(best_mse) & np.isfinite(mse)
             if improved.any():
                 best_layers = self._keep_improved(best_layers, state.params["layers"], jnp.asarray(improved))
