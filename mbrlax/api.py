@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import gymnasium as gym
+import jax
 import numpy as np
 
 from mbrlax import envs
@@ -68,6 +69,8 @@ def new_run_dir(cfg: TrainConfig) -> Path:
 def train(cfg: TrainConfig, hooks: Hooks | None = None, stop_at: int | None = None) -> Run:
     """Train from scratch; all config errors are raised before any work starts."""
     validate(cfg)
+    if cfg.algo == "dam":
+        return _train_dam(cfg)
     obs_dim, act_dim = env_dims(cfg)
     run_dir = new_run_dir(cfg)
     print(f"mbrlax: {cfg.algo} on {cfg.env}, seed {cfg.seed}, {cfg.total_steps} env steps -> {run_dir}")
@@ -76,6 +79,28 @@ def train(cfg: TrainConfig, hooks: Hooks | None = None, stop_at: int | None = No
     state = init_run_state(cfg, obs_dim, act_dim)
     with MetricsLogger(run_dir) as logger:
         state, _ = run_loop(dyna, state, {"env_steps": 0}, run_dir, logger, stop_at=stop_at)
+    return Run(run_dir, cfg, state)
+
+
+def _train_dam(cfg: TrainConfig, meta: dict | None = None, run_dir: Path | None = None) -> Run:
+    """DAM (algos/mpc.py): a fresh run, or the continuation of `run_dir` from `meta`."""
+    from mbrlax.algos.mpc import DAM, run_rounds
+
+    dam = DAM(cfg)
+    state = dam.init_state()
+    if run_dir is None:
+        run_dir, meta = new_run_dir(cfg), {"round": 0, "env_steps": 0}
+        d = cfg.dam
+        print(f"mbrlax: dam ({d.model}, {d.objective}, correction {d.correction}) on {cfg.env}, "
+              f"seed {cfg.seed}, {d.rounds} rounds -> {run_dir}")
+        (run_dir / "config.json").write_text(cfg.to_json())
+        resume_step = None
+    else:
+        state, meta = load_checkpoint(run_dir, state)
+        print(f"mbrlax: resuming {run_dir} at round {meta['round']} of {cfg.dam.rounds}")
+        resume_step = meta["env_steps"]
+    with MetricsLogger(run_dir, resume_step=resume_step) as logger:
+        state, _ = run_rounds(dam, state, meta, run_dir, logger)
     return Run(run_dir, cfg, state)
 
 
@@ -96,6 +121,10 @@ def _restore(run_dir: Path) -> tuple[TrainConfig, RunState, dict, int, int]:
 def resume(run_dir: str | Path, hooks: Hooks | None = None, stop_at: int | None = None) -> Run:
     """Continue a stopped or killed run from its last checkpoint (metrics continue without gaps)."""
     run_dir = Path(run_dir)
+    if load_config(run_dir).algo == "dam":
+        if not has_checkpoint(run_dir):
+            raise CheckpointError(f"{run_dir} has no checkpoint to resume from")
+        return _train_dam(load_config(run_dir), run_dir=run_dir)
     cfg, state, meta, obs_dim, act_dim = _restore(run_dir)
     print(f"mbrlax: resuming {run_dir} at env step {meta['env_steps']} of {cfg.total_steps}")
     dyna = Dyna(cfg, obs_dim, act_dim, hooks or Hooks())
@@ -130,7 +159,32 @@ class Policy:
         return episode_returns(envs.make(self.config.env, seed=seed), self.act, episodes)
 
 
-def load(run_dir: str | Path) -> Policy:
-    """The policy of a run's last checkpoint."""
+class PlannerPolicy:
+    """A DAM run's planner with its last model and discriminator: `act(obs)` plans one action.
+
+    Planning samples; actions are reproducible given `seed` (the same sequence of calls
+    gives the same actions)."""
+
+    def __init__(self, cfg: TrainConfig, state, seed: int = 0):
+        from mbrlax.algos.mpc import DAM
+
+        self.config, self.state, self._dam = cfg, state, DAM(cfg)
+        self._act = self._dam.planner_policy(state, jax.random.key(seed))
+
+    def act(self, obs):
+        return self._act(np.asarray(obs, np.float32))
+
+    def evaluate(self, episodes: int = 10, seed: int = 0) -> tuple[float, float]:
+        return episode_returns(envs.make(self.config.env, seed=seed), self.act, episodes)
+
+
+def load(run_dir: str | Path) -> Policy | PlannerPolicy:
+    """The policy of a run's last checkpoint (for DAM: the planner over its last model)."""
+    cfg = load_config(run_dir)
+    if cfg.algo == "dam":
+        from mbrlax.algos.mpc import DAM
+
+        state, _ = load_checkpoint(run_dir, DAM(cfg).init_state())
+        return PlannerPolicy(cfg, state)
     cfg, state, _, _, _ = _restore(Path(run_dir))
     return Policy(cfg, state.agent.params["actor"])

@@ -6,9 +6,11 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Annotated, Literal
 
-ALGOS = ("mbpo", "sac")
+import tyro
+
+ALGOS = ("mbpo", "sac", "dam")
 
 
 class ConfigError(ValueError):
@@ -86,11 +88,55 @@ class RolloutConfig:
 
 
 @dataclass(frozen=True)
+class DAMConfig:
+    """Discriminator Augmented MBRL (shared/papers/dam.txt): planning with corrected value estimates."""
+
+    model: Annotated[Literal["gaussian", "mdn"], tyro.conf.arg(aliases=("--model",))] = "gaussian"
+    """Dynamics model: unimodal Gaussian, or mixture density network (multimodal)."""
+    num_components: int = 3
+    """Mixture components of the MDN."""
+    objective: Annotated[Literal["mle", "minvar"], tyro.conf.arg(aliases=("--objective",))] = "mle"
+    """Model objective: maximum likelihood, or minimum variance (Eq. 10: return-weighted likelihood)."""
+    correction: Annotated[Literal["none", "discriminator"], tyro.conf.arg(aliases=("--correction",))] = "none"
+    """Value estimates: plain model return, or discriminator-corrected (Eq. 4, Algorithm 1)."""
+    weight_mode: Literal["exp", "sigmoid"] = "exp"
+    """Importance weight from the discriminator logit: exp (Eq. 8) or sigmoid (Algorithm 1)."""
+    max_weight: float | None = None
+    """Clip per-transition importance weights at this value (None: no clip)."""
+    rounds: Annotated[int, tyro.conf.arg(aliases=("--rounds",))] = 10
+    """MBRL rounds (Algorithm 3): act with the planner, then retrain model and discriminator."""
+    episodes_per_round: int = 5
+    """Real episodes collected with the planner in each round."""
+    init_episodes: int = 5
+    """Uniform-random episodes collected before the first round (the model needs data to plan)."""
+    eval_every: int = 1
+    """Evaluate (eval_episodes planner episodes) every this many rounds; the last round always is."""
+    planner: Literal["rs", "cem"] = "rs"
+    """Planner: random shooting (Algorithm 3) or the cross-entropy method."""
+    horizon: int = 5
+    """Planning horizon H (actions per candidate sequence)."""
+    num_sequences: int = 500
+    """Candidate action sequences K per planning step."""
+    num_particles: int = 20
+    """Model samples per candidate sequence in ESTIMATEVALUE."""
+    cem_iterations: int = 5
+    """CEM refinement iterations."""
+    cem_elites: int = 50
+    """CEM elite sequences per iteration."""
+    disc_hidden: int = 128
+    """Width of the discriminator's two hidden layers."""
+    disc_steps: int = 2000
+    """Discriminator minibatch updates per round."""
+    disc_batch_size: int = 256
+    """Discriminator minibatch size (real and fake halves)."""
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """A training run."""
 
-    algo: Literal["mbpo", "sac"] = "mbpo"
-    """Algorithm: mbpo (model-based) or sac (model-free baseline)."""
+    algo: Literal["mbpo", "sac", "dam"] = "mbpo"
+    """Algorithm: mbpo (model-based), sac (model-free baseline) or dam (planning, IcyRoad-v0 / Intersection-v0)."""
     env: str = "InvertedPendulum-v5"
     """Environment id (see `mbrlax.envs.list_envs()`; any Gymnasium id also works)."""
     seed: int = 0
@@ -114,6 +160,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     sac: SACConfig = field(default_factory=SACConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    dam: DAMConfig = field(default_factory=DAMConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -125,7 +172,7 @@ class TrainConfig:
 def config_from_dict(d: dict) -> TrainConfig:
     """Inverse of `TrainConfig.to_dict` (lists become tuples)."""
     d = dict(d)
-    sub = {"model": ModelConfig, "sac": SACConfig, "rollout": RolloutConfig}
+    sub = {"model": ModelConfig, "sac": SACConfig, "rollout": RolloutConfig, "dam": DAMConfig}
     for name, cls in sub.items():
         fields = {k: tuple(v) if isinstance(v, list) else v for k, v in d.get(name, {}).items()}
         d[name] = cls(**fields)
@@ -169,6 +216,14 @@ def preset(env: str, algo: str = "mbpo", **overrides) -> TrainConfig:
                 batch_size=(100 if humanoid else 400) * freq,
             ),
         )
+    if algo == "dam":  # small single-model fits on the DAM envs' tiny data sets
+        cfg = replace(
+            cfg, eval_episodes=10,
+            model=replace(cfg.model, ensemble_size=1, num_elites=1, hidden_size=128, num_layers=3,
+                          weight_decays=(2.5e-5, 5e-5, 7.5e-5, 1e-4), patience=20, max_epochs=500),
+        )
+        if env == "Intersection-v0":  # 25-step episodes: look far enough ahead to see the turn coming
+            cfg = replace(cfg, dam=replace(cfg.dam, horizon=12, num_sequences=200, num_particles=10, episodes_per_round=3))
     if algo == "sac":  # the model-free baseline: one update per env step (SAC paper)
         cfg = replace(cfg, sac=replace(cfg.sac, updates_per_step=1))
     return replace(cfg, **overrides) if overrides else cfg
@@ -217,6 +272,23 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _require(0 < s.tau <= 1, "sac.tau", s.tau, "must be in (0, 1]")
     _require(s.lr > 0, "sac.lr", s.lr, "must be > 0")
     _require(s.init_alpha > 0, "sac.init_alpha", s.init_alpha, "must be > 0")
+    d = cfg.dam
+    for name in ("num_components", "rounds", "episodes_per_round", "eval_every", "horizon", "num_sequences",
+                 "num_particles", "cem_iterations", "cem_elites", "disc_hidden", "disc_steps", "disc_batch_size"):
+        _require(getattr(d, name) > 0, f"dam.{name}", getattr(d, name), "must be a positive integer")
+    _require(d.init_episodes >= 0, "dam.init_episodes", d.init_episodes, "must be >= 0")
+    _require(d.cem_elites <= d.num_sequences, "dam.cem_elites", d.cem_elites,
+             f"must be <= dam.num_sequences={d.num_sequences}")
+    for name, allowed in (("model", ("gaussian", "mdn")), ("objective", ("mle", "minvar")),
+                          ("correction", ("none", "discriminator")), ("weight_mode", ("exp", "sigmoid")),
+                          ("planner", ("rs", "cem"))):
+        _require(getattr(d, name) in allowed, f"dam.{name}", getattr(d, name), f"must be one of {', '.join(allowed)}")
+    _require(d.max_weight is None or d.max_weight > 0, "dam.max_weight", d.max_weight, "must be > 0 or None")
+    if cfg.algo == "dam":
+        from mbrlax import envs  # late: envs imports gymnasium
+
+        _require(envs.get_spec(cfg.env).reward is not None, "env", cfg.env,
+                 "dam plans with a known reward function; envs that have one: IcyRoad-v0, Intersection-v0")
     a, b, x, y = r.schedule
     _require(
         len(r.schedule) == 4 and a < b and 1 <= x and 1 <= y, "rollout.schedule", r.schedule,

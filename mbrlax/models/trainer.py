@@ -91,8 +91,9 @@ class ModelTrainer:
     its NLL, since a mean's MSE says little about a multimodal fit).
     """
 
-    def __init__(self, cfg: ModelConfig, loss_fn: LossFn = nll_loss, score_fn: ScoreFn = member_mse):
+    def __init__(self, cfg: ModelConfig, loss_fn: LossFn | None = None, score_fn: ScoreFn | None = None):
         self.cfg = cfg
+        loss_fn, score_fn = loss_fn or nll_loss, score_fn or member_mse
         opt = make_optimizer(cfg)
         decays = cfg.weight_decays
 

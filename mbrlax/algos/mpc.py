@@ -1,0 +1,223 @@
+"""DAM: model-predictive control with discriminator-corrected value estimates
+(shared/papers/dam.txt, Algorithm 3 MBRL with RSPLANNER / CEM).
+
+    T <- initial random episodes;  q <- TRAINMODEL(T);  D <- TRAINDISCRIMINATOR(q, T)
+    for round j = 1..J:
+        tau <- ROLLOUT(planner)              # plan every step with ESTIMATEVALUE (Alg. 1)
+        T <- T u {tau}
+        q <- TRAINMODEL(T)                   # MLE, or return-weighted (Eq. 10, objective="minvar")
+        D <- TRAINDISCRIMINATOR(q, T)        # real s' vs s'~q(.|s,a) for real (s,a)
+
+As in Algorithm 2, model and discriminator are re-initialized before every
+training. Data lives in fixed-capacity arrays (allocated once for the whole run),
+so nothing is re-compiled as it grows; the whole state is one pytree, saved after
+every round.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from mbrlax import envs
+from mbrlax.algos.dyna import NonFiniteError
+from mbrlax.config import TrainConfig
+from mbrlax.models.discriminator import disc_init, disc_logits, train_discriminator
+from mbrlax.models.dynamics import make_dynamics, make_trainer
+from mbrlax.models.ensemble import ModelState, model_inputs, model_targets
+from mbrlax.models.minvar import minvar_weights
+from mbrlax.planners import ActionSpace, make_planner, make_value_estimator
+from mbrlax.run.checkpoint import save_checkpoint
+from mbrlax.run.metrics import MetricsLogger
+from mbrlax.run.progress import ProgressBar
+
+
+@struct.dataclass
+class DAMState:
+    model: ModelState
+    disc: object  # discriminator state (models/discriminator.py)
+    obs: jax.Array  # [cap, obs_dim] real transitions (first `size` rows valid)
+    action: jax.Array  # [cap] int32
+    reward: jax.Array  # [cap]
+    next_obs: jax.Array  # [cap, obs_dim]
+    traj_id: jax.Array  # [cap] int32: the episode each transition belongs to
+    traj_return: jax.Array  # [max episodes] undiscounted return of each episode
+    size: jax.Array  # int32 rows filled
+    episodes: jax.Array  # int32 episodes stored
+
+
+def capacity(cfg: TrainConfig) -> tuple[int, int]:
+    """(transitions, episodes) the run will collect in all."""
+    d = cfg.dam
+    episodes = d.init_episodes + d.rounds * d.episodes_per_round
+    return episodes * envs.get_spec(cfg.env).episode_steps, episodes
+
+
+def env_info(cfg: TrainConfig) -> tuple[int, ActionSpace]:
+    env = envs.make(cfg.env)
+    obs_dim, space = env.observation_space.shape[0], ActionSpace.from_gym(env.action_space)
+    env.close()
+    return obs_dim, space
+
+
+class DAM:
+    """The jitted pieces of one DAM configuration: model kind, trainer, discriminator, planner."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg, d = cfg, cfg.dam
+        self.obs_dim, self.space = env_info(cfg)
+        self.dynamics = make_dynamics(d.model, num_components=d.num_components)
+        self.trainer = make_trainer(self.dynamics, cfg.model)
+        feat_dim = self.space.feature_dim
+        self.disc_in = 2 * self.obs_dim + feat_dim
+
+        def step_fn(params, obs, feats, key):
+            return self.dynamics.sample_step(params[0], obs, feats, key)[1]
+
+        def logit_fn(params, obs, feats, next_obs):
+            return disc_logits(params[1], obs, feats, next_obs)
+
+        value = make_value_estimator(
+            step_fn, envs.reward_fn(cfg.env), self.space, d.horizon, d.num_particles,
+            logit_fn=logit_fn if d.correction == "discriminator" else None,
+            weight_mode=d.weight_mode, max_weight=d.max_weight,
+        )
+        kw = {"num_iterations": d.cem_iterations, "num_elites": d.cem_elites} if d.planner == "cem" else {}
+        self.plan = make_planner(d.planner, value, self.space, d.horizon, d.num_sequences, **kw)
+        self.fake_next_obs = jax.jit(lambda model, obs, feats, key: self.dynamics.sample_step(model, obs, feats, key)[1])
+        self.features = jax.jit(self.space.features)
+
+    def init_state(self) -> DAMState:
+        cap, episodes = capacity(self.cfg)
+        k_model, k_disc = jax.random.split(jax.random.key(self.cfg.seed))
+        return DAMState(
+            model=self.dynamics.init(k_model, self.obs_dim, self.space.feature_dim, self.cfg.model),
+            disc=disc_init(k_disc, self.disc_in, hidden=self.cfg.dam.disc_hidden),
+            obs=jnp.zeros((cap, self.obs_dim)), action=jnp.zeros(cap, jnp.int32), reward=jnp.zeros(cap),
+            next_obs=jnp.zeros((cap, self.obs_dim)), traj_id=jnp.zeros(cap, jnp.int32),
+            traj_return=jnp.zeros(episodes), size=jnp.int32(0), episodes=jnp.int32(0),
+        )
+
+    # ---- data -------------------------------------------------------------------------------
+    def add_episode(self, state: DAMState, steps: list[tuple]) -> DAMState:
+        """Append one episode [(obs, action, reward, next_obs), ...] and its return."""
+        n, e = int(state.size), int(state.episodes)
+        obs, act, rew, nxt = (np.asarray(v) for v in zip(*steps))
+        rows = slice(n, n + len(steps))
+        return state.replace(
+            obs=state.obs.at[rows].set(obs), action=state.action.at[rows].set(act),
+            reward=state.reward.at[rows].set(rew), next_obs=state.next_obs.at[rows].set(nxt),
+            traj_id=state.traj_id.at[rows].set(e), traj_return=state.traj_return.at[e].set(rew.sum()),
+            size=jnp.int32(n + len(steps)), episodes=jnp.int32(e + 1),
+        )
+
+    # ---- TRAINMODEL and TRAINDISCRIMINATOR (Algorithm 2) ----------------------------------------
+    def train(self, state: DAMState, round_: int) -> tuple[DAMState, dict]:
+        cfg, d = self.cfg, self.cfg.dam
+        n = int(state.size)
+        key = jax.random.fold_in(jax.random.key(cfg.seed), round_)
+        k_model, k_disc, k_fake = jax.random.split(key, 3)
+        rng = np.random.default_rng([cfg.seed, round_, 7])
+        feats = self.features(state.action)
+        x = model_inputs(state.obs, feats)
+        y = model_targets(state.obs, state.reward, state.next_obs)
+        weights = None
+        if d.objective == "minvar":  # Eq. 10: each transition's log-likelihood weighted by its trajectory's return
+            w = np.asarray(minvar_weights(state.traj_return[: int(state.episodes)], state.traj_id[:n]))
+            weights = jnp.zeros(x.shape[0]).at[:n].set(w)
+        model = self.dynamics.init(k_model, self.obs_dim, self.space.feature_dim, cfg.model)
+        model, info = self.trainer.train(model, x, y, n, rng, weights=weights)
+        disc = state.disc
+        if d.correction == "discriminator":
+            fake = self.fake_next_obs(model, state.obs, feats, k_fake)
+            disc = disc_init(k_disc, self.disc_in, hidden=d.disc_hidden)
+            disc, disc_info = train_discriminator(
+                disc, state.obs, feats, state.next_obs, fake, rng, n=n,
+                steps=d.disc_steps, batch_size=d.disc_batch_size,
+            )
+            info.update({f"disc/{k}": float(v) for k, v in disc_info.items()})
+        for name, value in list(info.items()):
+            if isinstance(value, float) and not np.isfinite(value):
+                raise NonFiniteError(f"{name} is {value} after training at round {round_} (env step {n})")
+        return state.replace(model=model, disc=disc), info
+
+    # ---- acting -------------------------------------------------------------------------------
+    def act(self, state: DAMState, obs, key) -> int | np.ndarray:
+        action, _ = self.plan((state.model, state.disc), jnp.asarray(obs, jnp.float32), key)
+        return np.asarray(action)
+
+    def episode(self, env, policy) -> list[tuple]:
+        """One episode with `policy(obs) -> action`: [(obs, action, reward, next_obs), ...]."""
+        obs, _ = env.reset()
+        steps, done = [], False
+        while not done:
+            action = policy(obs)
+            next_obs, reward, term, trunc, _ = env.step(action)
+            steps.append((np.float32(obs), action, np.float32(reward), np.float32(next_obs)))
+            obs, done = next_obs, term or trunc
+        return steps
+
+    def planner_policy(self, state: DAMState, key):
+        keys = iter(jax.random.split(key, 10_000))
+        return lambda obs: self.act(state, obs, next(keys))
+
+
+def evaluate(dam: DAM, state: DAMState, env, episodes: int, key) -> tuple[float, float]:
+    policy = dam.planner_policy(state, key)
+    returns = [sum(float(s[2]) for s in dam.episode(env, policy)) for _ in range(episodes)]
+    return float(np.mean(returns)), float(np.std(returns))
+
+
+COLUMNS = ["round", "env_steps", "eval_return", "eval_return_std", "train/episode_return",
+           "model/train_loss", "model/holdout_mse", "model/epochs", "model/train_size",
+           "disc/loss", "disc/accuracy", "time/wall", "time/train", "time/act", "time/evaluate"]
+
+
+def run_rounds(dam: DAM, state: DAMState, meta: dict, run_dir: Path, logger: MetricsLogger) -> tuple[DAMState, dict]:
+    """Algorithm 3 from meta["round"] (0 = nothing done yet) to cfg.dam.rounds; checkpoint per round."""
+    cfg, d = dam.cfg, dam.cfg.dam
+    wall0 = time.perf_counter() - meta.get("wall_time", 0.0)
+    totals = meta.setdefault("times", {"train": 0.0, "act": 0.0, "evaluate": 0.0})
+    with ProgressBar(d.rounds + 1, initial=meta["round"], description="dam rounds", enabled=cfg.progress) as bar:
+        while meta["round"] <= d.rounds:
+            r = meta["round"]
+            key = jax.random.fold_in(jax.random.key(cfg.seed + 1), r)
+            k_act, k_eval = jax.random.split(key)
+            env = envs.make(cfg.env, seed=cfg.seed * 1000 + r)
+            t = time.perf_counter()
+            if r == 0:  # initial data: uniform-random actions
+                policy = lambda obs: env.action_space.sample()
+                episodes = [dam.episode(env, policy) for _ in range(d.init_episodes)]
+            else:
+                policy = dam.planner_policy(state, k_act)
+                episodes = [dam.episode(env, policy) for _ in range(d.episodes_per_round)]
+            for steps in episodes:
+                state = dam.add_episode(state, steps)
+            totals["act"] += time.perf_counter() - t
+
+            t = time.perf_counter()
+            state, info = dam.train(state, r)
+            totals["train"] += time.perf_counter() - t
+
+            t = time.perf_counter()
+            eval_env = envs.make(cfg.env, seed=10_000 + cfg.seed * 1000 + r)
+            ret, ret_std = float("nan"), float("nan")
+            if r % d.eval_every == 0 or r == d.rounds:
+                ret, ret_std = evaluate(dam, state, eval_env, cfg.eval_episodes, k_eval)
+            totals["evaluate"] += time.perf_counter() - t
+
+            meta["env_steps"] = int(state.size)
+            meta["wall_time"] = time.perf_counter() - wall0
+            row = {"round": r, "env_steps": meta["env_steps"], "eval_return": ret, "eval_return_std": ret_std,
+                   "train/episode_return": float(np.mean([sum(float(s[2]) for s in ep) for ep in episodes])),
+                   **info, "time/wall": meta["wall_time"], **{f"time/{k}": v for k, v in totals.items()}}
+            logger.log({c: row.get(c, float("nan")) for c in COLUMNS})
+            meta["round"] = r + 1
+            save_checkpoint(run_dir, state, meta)
+            bar.update(1, eval_return=ret)
+    return state, meta
