@@ -19,7 +19,7 @@ from mbrlax.algos.dyna import Hooks, NonFiniteError
 from mbrlax.api import load_config
 from mbrlax.cli import main
 from mbrlax.config import ConfigError, ModelConfig, RolloutConfig, SACConfig, preset
-from mbrlax.run.checkpoint import CheckpointError, load_checkpoint
+from mbrlax.run.checkpoint import CheckpointError
 from mbrlax.run.metrics import read_metrics
 
 TINY = dict(

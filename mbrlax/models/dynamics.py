@@ -8,8 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from mbrlax.config import ModelConfig
@@ -55,42 +53,17 @@ def make_dynamics(kind: str, num_components: int = 3) -> Dynamics:
 
 
 class DynamicsTrainer(ModelTrainer):
-    """ModelTrainer plus the two things a DAM model needs around it:
-
-    * `dynamics.prepare` before training (the MDN's target standardizer and, for a fresh
-      model, its data-seeded components);
-    * with `weights` (the minimum-variance objective, Eq. 10) the holdout score used for
-      early stopping and elite selection is weighted the same way as the training loss
-      (score_fn gets mask * weights). Unweighted, early stopping would restore the
-      snapshot closest to the MLE fit, undoing the objective. Without weights this is
-      exactly ModelTrainer.
-
-    The weighted holdout swaps ModelTrainer's `_holdout` for the duration of one call;
-    it can go once ModelTrainer passes its weights to score_fn itself.
-    """
+    """ModelTrainer that runs `dynamics.prepare` before each training (the MDN's target
+    standardizer and, for a fresh model, its data-seeded components)."""
 
     def __init__(self, cfg: ModelConfig, dynamics: Dynamics):
         super().__init__(cfg, loss_fn=dynamics.loss_fn, score_fn=dynamics.score_fn)
         self.dynamics = dynamics
-        score_fn = dynamics.score_fn
-
-        def weighted_holdout(state: ModelState, x, y, w, idx, mask):
-            return score_fn(state.params, state.norm_mean, state.norm_std, x[idx], y[idx], mask * w[idx])
-
-        self._weighted_holdout = jax.jit(weighted_holdout)
 
     def train(self, state: ModelState, x, y, n: int, rng: np.random.Generator, weights=None,
               bootstrap: BootstrapSampler = uniform_bootstrap) -> tuple[ModelState, dict]:
         state = self.dynamics.prepare(state, x, y, n, rng)
-        if weights is None:
-            return super().train(state, x, y, n, rng, bootstrap=bootstrap)
-        weights = jnp.asarray(weights, jnp.float32)
-        plain = self._holdout
-        self._holdout = lambda s, x_, y_, idx, mask: self._weighted_holdout(s, x_, y_, weights, idx, mask)
-        try:
-            return super().train(state, x, y, n, rng, weights=weights, bootstrap=bootstrap)
-        finally:
-            self._holdout = plain
+        return super().train(state, x, y, n, rng, weights=weights, bootstrap=bootstrap)
 
 
 def make_trainer(dynamics: Dynamics, cfg: ModelConfig) -> ModelTrainer:

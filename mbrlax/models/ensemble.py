@@ -41,6 +41,11 @@ def model_init(key, obs_dim: int, act_dim: int, cfg: ModelConfig) -> ModelState:
         "max_logvar": jnp.full((out_dim,), 0.5, jnp.float32),
         "min_logvar": jnp.full((out_dim,), -10.0, jnp.float32),
     }
+    return fresh_state(params, in_dim, cfg)
+
+
+def fresh_state(params: dict, in_dim: int, cfg: ModelConfig) -> ModelState:
+    """An untrained ModelState around `params` (identity normalizer, no holdout scores yet)."""
     return ModelState(
         params=params,
         opt_state=make_optimizer(cfg).init(params),

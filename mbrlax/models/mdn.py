@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mbrlax.config import ModelConfig
-from mbrlax.models.ensemble import ModelState, make_optimizer, model_inputs
+from mbrlax.models.ensemble import ModelState, fresh_state, model_inputs
 from mbrlax.nets import ensemble_apply, ensemble_init
 
 LV_MAX = 1.0  # standardized log-variance soft bounds (see module docstring)
@@ -51,14 +51,7 @@ def mdn_init(key, obs_dim: int, act_dim: int, cfg: ModelConfig, num_components: 
         "y_mean": jnp.zeros((out_dim,), jnp.float32),
         "y_std": jnp.ones((out_dim,), jnp.float32),
     }
-    return ModelState(
-        params=params,
-        opt_state=make_optimizer(cfg).init(params),
-        norm_mean=jnp.zeros(in_dim),
-        norm_std=jnp.ones(in_dim),
-        elites=jnp.arange(cfg.num_elites, dtype=jnp.int32),
-        holdout_mse=jnp.full((cfg.ensemble_size,), jnp.inf, jnp.float32),
-    )
+    return fresh_state(params, in_dim, cfg)
 
 
 def _kmeans(z, k: int, rng: np.random.Generator, iters: int = 20, restarts: int = 5):

@@ -110,8 +110,10 @@ class ModelTrainer:
             (params, opt_state), losses = jax.lax.scan(step, (state.params, state.opt_state), (idx, valid))
             return state.replace(params=params, opt_state=opt_state), jnp.sum(losses)
 
-        def holdout(state: ModelState, x, y, idx, mask):
-            return score_fn(state.params, state.norm_mean, state.norm_std, x[idx], y[idx], mask)
+        def holdout(state: ModelState, x, y, w, idx, mask):
+            # Weighted like the loss: with return weights (DAM's Eq. 10) an unweighted score would
+            # early-stop on, and restore, the snapshot closest to the plain maximum-likelihood fit.
+            return score_fn(state.params, state.norm_mean, state.norm_std, x[idx], y[idx], mask * w[idx])
 
         def keep_improved(best_layers, layers, improved):
             pick = lambda b, c: jnp.where(improved.reshape((-1,) + (1,) * (c.ndim - 1)), c, b)
@@ -133,7 +135,7 @@ class ModelTrainer:
         while True:
             padded = min(padded, self.cfg.max_holdout)
             idx = jnp.zeros(padded, jnp.int32)
-            jax.block_until_ready(self._holdout(state, x, y, idx, jnp.ones(padded)))
+            jax.block_until_ready(self._holdout(state, x, y, jnp.ones(x.shape[0]), idx, jnp.ones(padded)))
             if padded == self.cfg.max_holdout:
                 break
             padded *= 2
@@ -172,9 +174,9 @@ class ModelTrainer:
 
         def holdout_mse(s):
             if n_hold == 0:  # tiny data sets: fall back to the training rows
-                return np.asarray(self._holdout(s, x, y, jnp.asarray(train[:cfg.max_holdout]),
+                return np.asarray(self._holdout(s, x, y, weights, jnp.asarray(train[:cfg.max_holdout]),
                                                 jnp.ones(min(len(train), cfg.max_holdout))))
-            return np.asarray(self._holdout(s, x, y, hold_idx, hold_mask))
+            return np.asarray(self._holdout(s, x, y, weights, hold_idx, hold_mask))
 
         boot = bootstrap(train, cfg.ensemble_size, rng)
         best_mse = np.full(cfg.ensemble_size, np.inf)
