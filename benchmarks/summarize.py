@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,9 @@ def main() -> None:
     print("| run | algo | seed | " + " | ".join(cols) + " |")
     print("|---" * (3 + len(cols)) + "|")
     for run in args.runs:
+        if not (Path(run) / "config.json").is_file():
+            print(f"(skipped {run}: not a run directory)", file=sys.stderr)
+            continue
         m = read_metrics(run)
         cfg = json.loads((Path(run) / "config.json").read_text())
         row = []
