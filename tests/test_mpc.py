@@ -40,6 +40,7 @@ def random_policy_return(episodes=400):
     return total / episodes
 
 
+@pytest.mark.slow
 def test_dam_on_icyroad_beats_random_policy(tmp_path):
     """DAM (MDN, minimum-variance objective, discriminator-corrected planning) after 2 rounds."""
     cfg = preset("IcyRoad-v0", "dam", out=str(tmp_path / "run"), progress=False, eval_episodes=10)

@@ -263,6 +263,13 @@ def test_progress_plain_status(capsys):
     assert "eta" in lines[-1] and "eval_return=12.35" in lines[-1]
 
 
+def test_progress_other_unit(capsys):
+    with ProgressBar(11, enabled=False, unit="rounds") as bar:
+        bar.update(3)
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "3/11 rounds" in line and "rounds/s" in line and "steps" not in line
+
+
 def test_progress_plain_rate_limited(capsys):
     with ProgressBar(10, description="warmup", enabled=False) as bar:
         for _ in range(5):

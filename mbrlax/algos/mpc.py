@@ -183,7 +183,8 @@ def run_rounds(dam: DAM, state: DAMState, meta: dict, run_dir: Path, logger: Met
     cfg, d = dam.cfg, dam.cfg.dam
     wall0 = time.perf_counter() - meta.get("wall_time", 0.0)
     totals = meta.setdefault("times", {"train": 0.0, "act": 0.0, "evaluate": 0.0})
-    with ProgressBar(d.rounds + 1, initial=meta["round"], description="dam rounds", enabled=cfg.progress) as bar:
+    with ProgressBar(d.rounds + 1, initial=meta["round"], description="dam", enabled=cfg.progress,
+                     unit="rounds") as bar:
         while meta["round"] <= d.rounds:
             r = meta["round"]
             key = jax.random.fold_in(jax.random.key(cfg.seed + 1), r)

@@ -26,15 +26,26 @@ def _fmt_duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
 
 
+def _fmt_rate(rate: float | None, unit: str) -> str:
+    """``1,234 steps/s``; two decimals for slow units such as DAM rounds."""
+    if rate is None:
+        return f"-- {unit}/s"
+    return f"{rate:,.0f} {unit}/s" if rate >= 10 else f"{rate:.2f} {unit}/s"
+
+
 class _RateColumn(ProgressColumn):
-    """Environment steps per second."""
+    """Units (env steps, rounds) per second."""
+
+    def __init__(self, unit: str):
+        super().__init__()
+        self.unit = unit
 
     def render(self, task) -> Text:
-        return Text("-- steps/s" if task.speed is None else f"{task.speed:,.0f} steps/s")
+        return Text(_fmt_rate(task.speed, self.unit))
 
 
 class ProgressBar:
-    """Context manager showing env steps done/total, steps/s, ETA and eval return.
+    """Context manager showing units (env steps by default) done/total, rate, ETA and eval return.
 
     On a terminal (and ``enabled``) this is a rich progress bar; otherwise a plain
     status line is printed at most every ``interval`` seconds, and once at exit.
@@ -43,8 +54,8 @@ class ProgressBar:
     """
 
     def __init__(self, total: int, initial: int = 0, description: str = "train",
-                 enabled: bool = True, interval: float = 10.0):
-        self.total, self.done, self.initial = total, initial, initial
+                 enabled: bool = True, interval: float = 10.0, unit: str = "steps"):
+        self.total, self.done, self.initial, self.unit = total, initial, initial, unit
         self.description, self.interval, self.fields = description, interval, {}
         self._rich = enabled and sys.stdout.isatty()
         self._start = self._last_print = time.monotonic()
@@ -53,14 +64,14 @@ class ProgressBar:
         if self._rich:
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                _RateColumn(), TimeRemainingColumn(), TextColumn("{task.fields[status]}"))
+                _RateColumn(self.unit), TimeRemainingColumn(), TextColumn("{task.fields[status]}"))
             self._progress.start()
             self._task = self._progress.add_task(
                 self.description, total=self.total, completed=self.initial, status="")
         return self
 
     def update(self, advance: int = 0, **fields: Any) -> None:
-        """Advance by ``advance`` env steps and update the displayed fields."""
+        """Advance by ``advance`` units and update the displayed fields."""
         self.done += advance
         self.fields.update(fields)
         if self._rich:
@@ -69,11 +80,11 @@ class ProgressBar:
             self._print_status()
 
     def status_line(self) -> str:
-        """Plain one-line status: steps, steps/s, ETA and extra fields."""
+        """Plain one-line status: done/total, rate, ETA and extra fields."""
         elapsed = max(time.monotonic() - self._start, 1e-9)
         rate = (self.done - self.initial) / elapsed
         eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-        line = (f"{self.description}: {self.done}/{self.total} steps | {rate:,.0f} steps/s"
+        line = (f"{self.description}: {self.done}/{self.total} {self.unit} | {_fmt_rate(rate, self.unit)}"
                 f" | eta {_fmt_duration(eta)}")
         return f"{line} | {_fmt_fields(self.fields)}" if self.fields else line
 
