@@ -100,7 +100,8 @@ class DAMConfig:
     correction: Annotated[Literal["none", "discriminator"], tyro.conf.arg(aliases=("--correction",))] = "none"
     """Value estimates: plain model return, or discriminator-corrected (Eq. 4, Algorithm 1)."""
     weight_mode: Literal["exp", "sigmoid"] = "exp"
-    """Importance weight from the discriminator logit: exp (Eq. 8) or sigmoid (Algorithm 1; better in our Table 1 runs, see README)."""
+    """Importance weight from the discriminator logit: exp (Eq. 8) or sigmoid (Algorithm 1;
+    the better one in our Table 1 runs, see README)."""
     max_weight: float | None = None
     """Clip per-transition importance weights at this value (None: no clip)."""
     rounds: Annotated[int, tyro.conf.arg(aliases=("--rounds",))] = 10

@@ -21,7 +21,7 @@ from mbrlax.models.ensemble import (
     nll_loss,
     sample_step,
 )
-from mbrlax.models.trainer import ModelTrainer, uniform_bootstrap, weighted_bootstrap
+from mbrlax.models.trainer import ModelTrainer, input_normalizer, uniform_bootstrap, weighted_bootstrap
 
 # Small widths for behavioural tests, but the default depth (4 hidden layers -> 5 layers),
 # so the default per-layer weight decays line up one to one.
@@ -460,6 +460,22 @@ def test_trainer_learns_known_dynamics_and_noise(trainer_setup):
     train = np.random.default_rng(seed).permutation(n)[int(0.2 * n):]
     np.testing.assert_allclose(np.asarray(state.norm_mean), x[train].mean(0), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(np.asarray(state.norm_std), x[train].std(0), rtol=1e-4)
+
+
+def test_input_normalizer_treats_float32_constant_columns_as_constant():
+    # A constant heading of pi/2 stored in float32 has a float32 std of ~4e-6, not 0
+    # (Intersection-v0's agent heading); dividing by it made 12-step model rollouts
+    # overflow. Columns that really vary keep their float64 mean and std.
+    rng = np.random.default_rng(0)
+    x = np.stack([np.full(875, np.pi / 2), np.zeros(875), rng.normal(3.0, 0.01, 875),
+                  rng.uniform(-10, 10, 875)], axis=1).astype(np.float32)
+    assert x.std(axis=0)[0] > 1e-12  # what the float32 std < 1e-12 rule (MBPO's) would keep
+    mean, std = input_normalizer(x)
+    assert mean.dtype == std.dtype == np.float32
+    np.testing.assert_array_equal(std[:2], [1.0, 1.0])
+    ref = x.astype(np.float64)
+    np.testing.assert_allclose(mean, ref.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(std[2:], ref[:, 2:].std(0), rtol=1e-6)
 
 
 def test_trainer_stops_after_patience_without_improvement(trainer_setup):

@@ -32,6 +32,7 @@ import numpy as np
 
 from mbrlax.config import ModelConfig
 from mbrlax.models.ensemble import ModelState, fresh_state, model_inputs
+from mbrlax.models.trainer import input_normalizer
 from mbrlax.nets import ensemble_apply, ensemble_init
 
 LV_MAX = 1.0  # standardized log-variance soft bounds (see module docstring)
@@ -95,8 +96,8 @@ def mdn_prepare(state: ModelState, x, y, n: int, rng: np.random.Generator | None
     std = np.where(std < 1e-6, 1.0, std)
     params = dict(state.params, y_mean=jnp.asarray(mean, jnp.float32), y_std=jnp.asarray(std, jnp.float32))
     if rng is not None and not np.isfinite(np.asarray(state.holdout_mse)).any():
-        x = np.asarray(x, np.float64)[:n]
-        x = (x - x.mean(axis=0)) / np.where(x.std(axis=0) < 1e-12, 1.0, x.std(axis=0))
+        x_mean, x_std = input_normalizer(np.asarray(x)[:n])
+        x = (np.asarray(x, np.float64)[:n] - x_mean) / x_std
         z = (y - mean) / std
         out = z.shape[1]
         bias = np.asarray(params["layers"][-1]["b"]).copy()  # [E, K (1 + 2 out)]

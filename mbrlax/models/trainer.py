@@ -82,6 +82,20 @@ LossFn = Callable[..., jax.Array]
 ScoreFn = Callable[..., jax.Array]
 
 
+def input_normalizer(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column (mean, std) of model inputs [n, d], float32; constant columns get std 1.
+
+    Computed in float64, and a std below 1e-6 of the column's scale counts as constant:
+    in float32 a constant column such as a fixed heading of pi/2 shows a std of ~1e-7,
+    and dividing by it would turn a model's tiny prediction error in that column into
+    an input of ~1e5 on the next rollout step (MBPO's rule, std < 1e-12, misses this).
+    """
+    x = np.asarray(x, np.float64)
+    mean, std = x.mean(axis=0), x.std(axis=0)
+    std = np.where(std < 1e-6 * np.maximum(1.0, np.abs(mean)), 1.0, std)
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
 class ModelTrainer:
     """Trains a ModelState on (inputs, targets, weights) arrays of fixed capacity.
 
@@ -159,13 +173,8 @@ class ModelTrainer:
         hold, train = perm[:n_hold], perm[n_hold:]
         if len(train) == 0:
             raise ValueError(f"model training needs more data: {n} transitions give an empty train split")
-        # Input normalizer from the training split (std < 1e-12 -> 1).
-        x_train = np.asarray(x)[train]
-        std = x_train.std(axis=0)
-        state = state.replace(
-            norm_mean=jnp.asarray(x_train.mean(axis=0)),
-            norm_std=jnp.asarray(np.where(std < 1e-12, 1.0, std)),
-        )
+        mean, std = input_normalizer(np.asarray(x)[train])
+        state = state.replace(norm_mean=jnp.asarray(mean), norm_std=jnp.asarray(std))
         padded = _holdout_padding(n_hold, cfg.max_holdout)
         hold_idx = np.zeros(padded, np.int32)
         hold_idx[:n_hold] = hold
