@@ -94,6 +94,23 @@ def test_cli_flags_and_saved_planner(tmp_path):
     assert np.isfinite(mean)
 
 
+def test_planner_refuses_to_act_when_every_value_is_nan(tmp_path):
+    import jax
+    import jax.numpy as jnp
+
+    from mbrlax.algos.dyna import NonFiniteError
+    from mbrlax.algos.mpc import DAM
+
+    dam = DAM(small(tmp_path))
+    state = dam.init_state()
+    obs = np.array([0.0, 0.0, 1.0, 0.0], np.float32)
+    assert int(dam.act(state, obs, jax.random.key(0))) in (0, 1, 2)
+    broken = state.replace(model=state.model.replace(
+        params=jax.tree_util.tree_map(lambda p: jnp.full_like(p, jnp.nan), state.model.params)))
+    with pytest.raises(NonFiniteError, match="planner"):
+        dam.act(broken, obs, jax.random.key(0))
+
+
 def test_dam_bad_input(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["train", "--algo", "dam", "--env", "Hopper-v5", "--out", str(tmp_path / "x")])

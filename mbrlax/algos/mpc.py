@@ -148,7 +148,10 @@ class DAM:
 
     # ---- acting -------------------------------------------------------------------------------
     def act(self, state: DAMState, obs, key) -> int | np.ndarray:
-        action, _ = self.plan((state.model, state.disc), jnp.asarray(obs, jnp.float32), key)
+        action, info = self.plan((state.model, state.disc), jnp.asarray(obs, jnp.float32), key)
+        if np.isnan(info["value"]):  # every candidate's value is NaN: the argmax would be arbitrary
+            raise NonFiniteError("planner: every candidate action sequence has a NaN estimated value "
+                                 "(the model's rollouts diverge); the last round's checkpoint is kept")
         return np.asarray(action)
 
     def episode(self, env, policy) -> list[tuple]:
