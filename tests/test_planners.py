@@ -38,7 +38,7 @@ def det_reward(s, a, s_next):
     return -(s_next**2).sum(-1) + bonus + s[:, 0]
 
 
-def reference_value(params, space, obs, actions, gamma, logits, weight_mode, max_weight):
+def reference_value(params, space, obs, actions, gamma, logits, weight_mode, max_weight, logit_gain=1.0, logit_offset=0.0):
     p = {k: np.asarray(v, np.float64) for k, v in params.items()}
     out = []
     for seq in np.asarray(actions):
@@ -48,7 +48,7 @@ def reference_value(params, space, obs, actions, gamma, logits, weight_mode, max
             s_next = np.tanh(s @ p["A"] + f @ p["B"] + p["c"])
             r = -(s_next**2).sum() + (0.3 * a if space.is_discrete else np.sum(a)) + s[0]
             if logits:
-                logit = np.sin(3.0 * (s * s_next).sum()) + f @ p["u"]
+                logit = logit_gain * (np.sin(3.0 * (s * s_next).sum()) + f @ p["u"]) + logit_offset
                 w = np.exp(logit) if weight_mode == "exp" else 1.0 / (1.0 + np.exp(-logit))
                 if max_weight is not None:
                     w = min(w, max_weight)
@@ -87,6 +87,26 @@ def test_value_matches_reference_loop(kind, logits, weight_mode, gamma, max_weig
     want = reference_value(params, space, obs, actions, gamma, logits, weight_mode, max_weight)
     assert got.shape == (n,)
     np.testing.assert_allclose(np.asarray(got), want, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("kind", sorted(SPACES))
+def test_exp_weight_products_beyond_float32_keep_exact_order(kind):
+    """Logits of 20 +- ~50 per step: values beyond float32's 3e38, spanning more than 1e50
+    (no common scale fits them all in float32). They come
+    back finite as the documented order-preserving key sign(v) * (log|v| - min log|v| + 1)
+    (float64 oracle), so the planners' argmax and top-k are those of the exact values."""
+    space, horizon, n, gain, offset = SPACES[kind], 5, 32, 25.0, 20.0
+    params = _params(space)
+    value = make_value_estimator(det_step, det_reward, space, horizon, num_particles=1,
+                                 logit_fn=lambda p, s, f, s2: gain * det_logit(p, s, f, s2) + offset)
+    actions = space.uniform(jax.random.PRNGKey(1), (n, horizon))
+    obs = jnp.array([0.3, -0.5, 0.8])
+    got = np.asarray(jax.jit(value)(params, obs, actions, jax.random.PRNGKey(2)), np.float64)
+    want = reference_value(params, space, obs, actions, 1.0, True, "exp", None, gain, offset)
+    assert np.max(np.abs(want)) > 1e45 and np.max(np.abs(want)) / np.min(np.abs(want)) > 1e50
+    log_mag = np.log(np.abs(want))
+    np.testing.assert_allclose(got, np.sign(want) * (log_mag - log_mag.min() + 1.0), rtol=1e-5, atol=1e-3)
+    assert np.argmax(got) == np.argmax(want) and np.argmin(got) == np.argmin(want)
 
 
 def test_value_rejects_bad_settings():

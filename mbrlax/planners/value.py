@@ -36,6 +36,7 @@ LogitFn = Callable[[Params, jax.Array, jax.Array, jax.Array], jax.Array]
 ValueFn = Callable[[Params, jax.Array, jax.Array, jax.Array], jax.Array]
 
 WEIGHT_MODES = ("exp", "sigmoid")
+MAX_LOG_VALUE = 80.0  # |values| up to exp(80) ~ 6e34 are returned as they are (float32 max 3e38)
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,20 @@ def _log_weight_fn(logit_fn: LogitFn, weight_mode: str, max_weight: float | None
     return log_weight
 
 
+def _signed_values(log_pos: jax.Array, log_neg: jax.Array) -> jax.Array:
+    """[N] values v = exp(log_pos) - exp(log_neg), or an order-preserving stand-in when some
+    |v| is beyond float32: sign(v) * (log|v| - min log|v| + 1) (0 where v = 0, NaN kept)."""
+    hi, lo = jnp.maximum(log_pos, log_neg), jnp.minimum(log_pos, log_neg)
+    gap = jnp.where(lo == -jnp.inf, jnp.inf, hi - lo)
+    log_mag = hi + jnp.log(-jnp.expm1(-gap))  # log|v|; -inf where v = 0
+    sign = jnp.where(log_pos > log_neg, 1.0, -1.0)
+    finite = jnp.isfinite(log_mag)
+    fits = jnp.all(jnp.where(finite, log_mag, -jnp.inf) < MAX_LOG_VALUE)
+    floor = jnp.min(jnp.where(finite, log_mag, jnp.inf))
+    key = jnp.where(log_mag == -jnp.inf, 0.0, sign * (log_mag - floor + 1.0))
+    return jnp.where(fits, sign * jnp.exp(log_mag), key)
+
+
 def make_value_estimator(
     step_fn: StepFn,
     reward_fn: RewardFn,
@@ -151,6 +166,14 @@ def make_value_estimator(
     when given. Without `logit_fn`, W_t = 1: the plain (uncorrected) model return.
     The weight product is accumulated as a sum of log-weights. gamma^t starts at
     t = 0 for the first action (the paper's gamma^1 is a constant factor: same argmax).
+
+    Eq. 8 weights are unbounded: a confident discriminator gives logits of 20-50 per
+    step, and their products overflow float32 (exp(88)), which would turn values into
+    inf and NaN. So weighted returns are summed in log space (positive and negative
+    terms apart); when some |value| exceeds exp(MAX_LOG_VALUE), all N are returned as
+    sign(v) * (log|v| - min_N log|v| + 1), which keeps their order (all the planners
+    use) exact, also among values too close to 0 for float32. Otherwise (always for
+    sigmoid weights <= 1) the values are the Eq. 4 estimates themselves.
     """
     if weight_mode not in WEIGHT_MODES:
         raise ValueError(f"invalid weight_mode={weight_mode!r}: must be one of {WEIGHT_MODES}")
@@ -180,19 +203,28 @@ def make_value_estimator(
             s_next = step_fn(params, s, feats, k)
             r = reward_fn(s, a, s_next)
             if log_weight is None:
-                ret = ret + disc * r
-            else:
-                # Our r_t = r(s_t, a_t, s_{t+1}) depends on the sampled s_{t+1}, so its weight
-                # includes transition t (Eq. 4: product up to m = t). Algorithm 1 adds r(s_t, a_t)
-                # *before* multiplying in w_t because its reward depends on s_t only, which was
-                # weighted by transitions < t; both are Eq. 4 for their reward's arguments.
-                log_w = log_w + log_weight(params, s, feats, s_next)
-                ret = ret + disc * jnp.exp(log_w) * r
-            return (s_next, log_w, ret), None
+                return (s_next, log_w, ret + disc * r), None
+            # Our r_t = r(s_t, a_t, s_{t+1}) depends on the sampled s_{t+1}, so its weight
+            # includes transition t (Eq. 4: product up to m = t). Algorithm 1 adds r(s_t, a_t)
+            # *before* multiplying in w_t because its reward depends on s_t only, which was
+            # weighted by transitions < t; both are Eq. 4 for their reward's arguments.
+            log_w = log_w + log_weight(params, s, feats, s_next)
+            # ret = (log of the positive terms' sum, log of the negative terms' sum) per row.
+            term = log_w + jnp.log(disc) + jnp.log(jnp.abs(r))
+            log_pos, log_neg = ret
+            nan = jnp.isnan(term)  # a diverged rollout stays NaN (planners rank it last)
+            log_pos = jnp.where(nan, jnp.nan, jnp.where(r > 0, jnp.logaddexp(log_pos, term), log_pos))
+            log_neg = jnp.where(nan, jnp.nan, jnp.where(r < 0, jnp.logaddexp(log_neg, term), log_neg))
+            return (s_next, log_w, (log_pos, log_neg)), None
 
-        init = (obs0, jnp.zeros(rows, jnp.float32), jnp.zeros(rows, jnp.float32))
+        zeros = jnp.zeros(rows, jnp.float32)
+        ret0 = zeros if log_weight is None else (zeros - jnp.inf, zeros - jnp.inf)
         xs = (acts, jax.random.split(key, horizon), jnp.asarray(discounts))
-        (_, _, ret), _ = jax.lax.scan(step, init, xs)
-        return ret.reshape(n, num_particles).mean(axis=1)
+        (_, _, ret), _ = jax.lax.scan(step, (obs0, zeros, ret0), xs)
+        if log_weight is None:
+            return ret.reshape(n, num_particles).mean(axis=1)
+        log_pos, log_neg = (jax.nn.logsumexp(x.reshape(n, num_particles), axis=1) - np.log(num_particles)
+                            for x in ret)
+        return _signed_values(log_pos, log_neg)
 
     return value
