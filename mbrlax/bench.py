@@ -20,6 +20,7 @@ from mbrlax.algos.dyna import PHASES, Dyna, Timer, init_run_state, run_loop
 from mbrlax.api import env_dims
 from mbrlax.config import preset, validate
 from mbrlax.run.metrics import MetricsLogger
+from mbrlax.runtime import configure
 
 
 @dataclass(frozen=True)
@@ -38,11 +39,14 @@ class BenchArgs:
     """Override SAC hidden width (0 = preset)."""
     seed: int = 0
     """Random seed."""
+    devices: int = 0
+    """Devices the model's members are split over (0 = automatic: one per usable core, at most 7)."""
     throughput: bool = False
     """Instead: achieved GFLOP/s of the SAC update and model minibatch vs plain matmuls."""
 
 
 def bench(args: BenchArgs) -> dict:
+    configure(args.devices or None)
     if args.throughput:
         return throughput()
     cfg = preset(args.env, args.algo)
@@ -53,19 +57,22 @@ def bench(args: BenchArgs) -> dict:
         sac = replace(sac, hidden_size=args.sac_width)
     cfg = validate(replace(
         cfg, seed=args.seed, sac=sac, total_steps=cfg.init_steps + args.stop, progress=False,
-        steps_per_epoch=args.stop, checkpoint_every=10**9,
+        steps_per_epoch=args.stop, checkpoint_every=10**9, model=replace(cfg.model, devices=args.devices),
     ))
     obs_dim, act_dim = env_dims(cfg)
     dyna = Dyna(cfg, obs_dim, act_dim)
     state = init_run_state(cfg, obs_dim, act_dim)
     timer = Timer()
     meta = {"env_steps": 0}
+    trainer = dyna.model_trainer
     with tempfile.TemporaryDirectory() as run_dir, MetricsLogger(run_dir, tensorboard=False) as logger:
         print(f"bench: {cfg.algo} {cfg.env}, G={cfg.sac.updates_per_step}, SAC width {cfg.sac.hidden_size}, "
-              f"{cfg.init_steps} exploration steps, timing loop steps {args.start}..{args.stop}")
+              f"{cfg.init_steps} exploration steps, model on {trainer.split.n_devices} device(s), "
+              f"timing loop steps {args.start}..{args.stop}")
         state, meta = run_loop(dyna, state, meta, run_dir, logger, cfg.init_steps + args.start, timer)
-        dyna.model_trainer.compile_all_chunk_sizes(state.model, *dyna.training_data(state.real))
+        trainer.compile_all_chunk_sizes(state.model, *dyna.training_data(state.real))
         before, t0 = dict(timer.totals), time.perf_counter()
+        epochs0, minibatches0 = trainer.epochs_run, trainer.minibatches_run
         state, meta = run_loop(dyna, state, meta, run_dir, logger, cfg.init_steps + args.stop, timer)
         jax.block_until_ready(state)
         wall = time.perf_counter() - t0
@@ -73,15 +80,26 @@ def bench(args: BenchArgs) -> dict:
     scale = 1000.0 / (args.stop - args.start)
     loop_time = wall - spent["evaluate"] - spent["checkpoint"]
     updates = (args.stop - args.start) * cfg.sac.updates_per_step
+    minibatches = trainer.minibatches_run - minibatches0
     result = {
         "env": cfg.env,
         "algo": cfg.algo,
         "updates_per_step": cfg.sac.updates_per_step,
         "sac_width": cfg.sac.hidden_size,
+        "model_devices": trainer.split.n_devices,
         "sec_per_1k_env_steps": loop_time * scale,
-        **{f"{k}_sec_per_1k": spent[k] * scale for k in ("model_train", "rollout", "agent_update", "env_step")},
-        "other_sec_per_1k": (loop_time - sum(spent[k] for k in ("model_train", "rollout", "agent_update", "env_step"))) * scale,
+        "window_env_steps": args.stop - args.start,
+        "model_train_s": spent["model_train"],
+        "model_epochs": trainer.epochs_run - epochs0,
+        "model_minibatches": minibatches,
+        "ms_per_model_minibatch": 1000.0 * spent["model_train"] / max(minibatches, 1),
+        "agent_update_s": spent["agent_update"],
+        "sac_updates": updates,
         "ms_per_sac_update": 1000.0 * spent["agent_update"] / updates,
+        "rollout_s": spent["rollout"],
+        "env_s": spent["env_step"],
+        "other_s": loop_time - sum(spent[k] for k in ("model_train", "rollout", "agent_update", "env_step")),
+        "matmul_1024_gflops": matmul_gflops(1024),
         "device": str(jax.devices()[0]),
     }
     for k, v in result.items():
@@ -90,17 +108,30 @@ def bench(args: BenchArgs) -> dict:
     return result
 
 
-def _time(fn, *args, repeats: int) -> float:
+def matmul_gflops(n: int) -> float:
+    """The machine's rate on a plain n x n x n float32 matmul (one jitted op)."""
+    import jax.numpy as jnp
+
+    a = jnp.ones((n, n))
+    return 2 * n**3 / _time(jax.jit(lambda a: a @ a), a, repeats=50) / 1e9
+
+
+def _time(fn, *args, repeats: int, rounds: int = 3) -> float:
+    """Seconds per call: the best of `rounds` rounds of `repeats` calls (compile excluded)."""
     jax.block_until_ready(fn(*args))
-    t = time.perf_counter()
-    for _ in range(repeats):
-        out = fn(*args)
-    jax.block_until_ready(out)
-    return (time.perf_counter() - t) / repeats
+    best = float("inf")
+    for _ in range(rounds):
+        t = time.perf_counter()
+        for _ in range(repeats):
+            out = fn(*args)
+        jax.block_until_ready(out)
+        best = min(best, (time.perf_counter() - t) / repeats)
+    return best
 
 
 def throughput(obs_dim: int = 11, act_dim: int = 3) -> dict:
-    """Achieved GFLOP/s of the SAC update scan and of model-training minibatches vs plain matmuls.
+    """Achieved GFLOP/s of the SAC update scan and of model-training minibatches (7 members x 256,
+    on one device and split over all devices) vs plain matmuls.
 
     FLOPs are counted analytically from the layer sizes (2 per multiply-add):
     SAC update = twin-Q forward+backward, target twin-Q and next-action policy
@@ -119,11 +150,7 @@ def throughput(obs_dim: int = 11, act_dim: int = 3) -> dict:
     def mlp_macs(sizes):
         return sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
 
-    out = {}
-    for n in (256, 1024):
-        a = jnp.ones((n, n))
-        dt = _time(jax.jit(lambda a: a @ a), a, repeats=50)
-        out[f"matmul_{n}_gflops"] = 2 * n**3 / dt / 1e9
+    out = {f"matmul_{n}_gflops": matmul_gflops(n) for n in (256, 1024)}
 
     sac_cfg = SACConfig()
     h = [sac_cfg.hidden_size] * sac_cfg.num_layers
@@ -138,17 +165,22 @@ def throughput(obs_dim: int = 11, act_dim: int = 3) -> dict:
     dt = _time(lambda s: update(s, data, jax.random.key(1))[0], state, repeats=10) / sac_cfg.updates_per_step
     out["sac_update_ms"], out["sac_update_gflops"] = dt * 1e3, sac_flops / dt / 1e9
 
-    m_cfg = ModelConfig()
-    sizes = [obs_dim + act_dim] + [m_cfg.hidden_size] * m_cfg.num_layers + [2 * (obs_dim + 1)]
-    model_flops = 2 * 3 * m_cfg.ensemble_size * m_cfg.batch_size * mlp_macs(sizes)
-    trainer = ModelTrainer(m_cfg)
-    mstate = model_init(jax.random.key(0), obs_dim, act_dim, m_cfg)
-    x, y = jnp.ones((n, sizes[0])), jnp.ones((n, obs_dim + 1))
-    idx = jnp.asarray(np.random.default_rng(0).integers(0, n, (16, m_cfg.ensemble_size, m_cfg.batch_size)), jnp.int32)
-    chunk = lambda s: trainer._train_chunk(s, x, y, jnp.ones(n), idx, idx >= 0)[0]
-    dt = _time(chunk, mstate, repeats=5) / 16
-    out["model_minibatch_ms"], out["model_minibatch_gflops"] = dt * 1e3, model_flops / dt / 1e9
+    x, y = jnp.ones((n, obs_dim + act_dim)), jnp.ones((n, obs_dim + 1))
+    rng = np.random.default_rng(0)
+    for devices in sorted({1, len(jax.devices())}):  # one device, and split over all of them
+        m_cfg = ModelConfig(devices=devices)
+        sizes = [obs_dim + act_dim] + [m_cfg.hidden_size] * m_cfg.num_layers + [2 * (obs_dim + 1)]
+        model_flops = 2 * 3 * m_cfg.ensemble_size * m_cfg.batch_size * mlp_macs(sizes)
+        trainer = ModelTrainer(m_cfg)
+        placed = trainer.place(model_init(jax.random.key(0), obs_dim, act_dim, m_cfg), x, y, jnp.ones(n))
+        idx = rng.integers(0, n, (16, m_cfg.ensemble_size, m_cfg.batch_size)).astype(np.int32)
+        idx, valid = trainer.pad_members(idx, 0), trainer.pad_members(np.ones(idx.shape, bool), False)
+        chunk = lambda p: trainer._train_chunk(*p[:2], *placed[2:], idx, valid)[:2]
+        dt = _time(chunk, placed, repeats=5) / 16
+        out[f"model_minibatch_ms_{devices}dev"] = dt * 1e3
+        out[f"model_minibatch_gflops_{devices}dev"] = model_flops / dt / 1e9
+        out[f"model_minibatch_pct_of_matmul_1024_{devices}dev"] = 100 * model_flops / dt / 1e9 / out["matmul_1024_gflops"]
     for k, v in out.items():
-        print(f"  {k:28s} {v:.2f}")
+        print(f"  {k:44s} {v:.2f}")
     print(json.dumps(out))
     return out

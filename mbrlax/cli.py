@@ -124,6 +124,10 @@ def main(argv: list[str] | None = None) -> None:
     if name not in COMMANDS:
         print(f"mbrlax: unknown command {name!r}\n\n{USAGE}", file=sys.stderr)
         sys.exit(2)
+    if name not in ("train", "resume"):  # those two configure from the run's config
+        from mbrlax.runtime import configure
+
+        configure()
     try:
         COMMANDS[name](rest)
     except (ConfigError, UnknownEnvError, CheckpointError, NonFiniteError) as e:

@@ -13,7 +13,7 @@ import numpy as np
 from mbrlax.config import ModelConfig
 from mbrlax.models import ensemble, mdn
 from mbrlax.models.ensemble import ModelState
-from mbrlax.models.trainer import BootstrapSampler, ModelTrainer, uniform_bootstrap
+from mbrlax.models.trainer import BootstrapSampler, ModelTrainer, no_penalty, uniform_bootstrap
 
 KINDS = ("gaussian", "mdn")
 
@@ -22,7 +22,8 @@ KINDS = ("gaussian", "mdn")
 class Dynamics:
     kind: str
     init: Callable  # (key, obs_dim, act_dim, cfg) -> ModelState
-    loss_fn: Callable  # ModelTrainer loss: (params, norm_mean, norm_std, x, y, w, weight_decays) -> scalar
+    loss_fn: Callable  # ModelTrainer members' loss: (params, norm_mean, norm_std, x, y, w, weight_decays) -> scalar
+    penalty_fn: Callable  # ModelTrainer loss terms of the shared leaves: params -> scalar
     score_fn: Callable  # ModelTrainer holdout score: (params, norm_mean, norm_std, x, y, mask) -> [E]
     sample_step: Callable  # (state, obs, action_features, key) -> (reward [B], next_obs [B, obs])
     prepare: Callable  # (state, x, y, n, rng) -> state, run before every training (MDN: target stats, seeding)
@@ -40,7 +41,8 @@ def _no_prepare(state, x, y, n, rng):
 def make_dynamics(kind: str, num_components: int = 3) -> Dynamics:
     """"gaussian": the MBPO ensemble (holdout MSE); "mdn": K-component mixtures (holdout NLL)."""
     if kind == "gaussian":
-        return Dynamics(kind, ensemble.model_init, ensemble.nll_loss, ensemble.member_mse, _gaussian_step, _no_prepare)
+        return Dynamics(kind, ensemble.model_init, ensemble.member_nll_loss, ensemble.logvar_bounds_penalty,
+                        ensemble.member_mse, _gaussian_step, _no_prepare)
     if kind == "mdn":
         if num_components < 1:
             raise ValueError(f"invalid num_components={num_components}: must be >= 1")
@@ -48,7 +50,7 @@ def make_dynamics(kind: str, num_components: int = 3) -> Dynamics:
         def init(key, obs_dim, act_dim, cfg):
             return mdn.mdn_init(key, obs_dim, act_dim, cfg, num_components)
 
-        return Dynamics(kind, init, mdn.mdn_nll_loss, mdn.mdn_member_nll, mdn.mdn_sample_step, mdn.mdn_prepare)
+        return Dynamics(kind, init, mdn.mdn_nll_loss, no_penalty, mdn.mdn_member_nll, mdn.mdn_sample_step, mdn.mdn_prepare)
     raise ValueError(f"invalid model kind {kind!r}: must be one of {', '.join(KINDS)}")
 
 
@@ -57,7 +59,7 @@ class DynamicsTrainer(ModelTrainer):
     standardizer and, for a fresh model, its data-seeded components)."""
 
     def __init__(self, cfg: ModelConfig, dynamics: Dynamics):
-        super().__init__(cfg, loss_fn=dynamics.loss_fn, score_fn=dynamics.score_fn)
+        super().__init__(cfg, loss_fn=dynamics.loss_fn, score_fn=dynamics.score_fn, penalty_fn=dynamics.penalty_fn)
         self.dynamics = dynamics
 
     def train(self, state: ModelState, x, y, n: int, rng: np.random.Generator, weights=None,

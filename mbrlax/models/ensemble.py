@@ -76,21 +76,31 @@ def forward(params, norm_mean, norm_std, x):
     return mean, lv
 
 
-def nll_loss(params, norm_mean, norm_std, x, y, w, weight_decays):
-    """Gaussian NLL summed over members (MBPO Eq. 1 without constants).
+def member_nll_loss(params, norm_mean, norm_std, x, y, w, weight_decays):
+    """The members' part of `nll_loss`: every term that belongs to one member.
 
     x [n, B, in], y [n, B, out], w [n, B] per-sample weights (0 = padding).
-    Per member: weighted mean over batch of mean over dims of (mu-y)^2 exp(-lv) + lv;
-    plus 0.01 (sum max_logvar - sum min_logvar) and per-layer L2 decay (weights only).
+    Per member: weighted mean over batch of mean over dims of (mu-y)^2 exp(-lv) + lv,
+    plus its per-layer L2 decay (weights only); summed over members.
     """
     mean, lv = forward(params, norm_mean, norm_std, x)
     per_sample = jnp.mean((mean - y) ** 2 * jnp.exp(-lv) + lv, axis=-1)  # [n, B]
     per_member = jnp.sum(per_sample * w, axis=1) / jnp.maximum(jnp.sum(w, axis=1), 1e-8)
-    bounds = 0.01 * (jnp.sum(params["max_logvar"]) - jnp.sum(params["min_logvar"]))
     decay = sum(
         c * 0.5 * jnp.sum(layer["w"] ** 2) for c, layer in zip(weight_decays, params["layers"])
     )
-    return jnp.sum(per_member) + bounds + decay
+    return jnp.sum(per_member) + decay
+
+
+def logvar_bounds_penalty(params):
+    """The shared part of `nll_loss`: 0.01 (sum max_logvar - sum min_logvar)."""
+    return 0.01 * (jnp.sum(params["max_logvar"]) - jnp.sum(params["min_logvar"]))
+
+
+def nll_loss(params, norm_mean, norm_std, x, y, w, weight_decays):
+    """Gaussian NLL summed over members (MBPO Eq. 1 without constants), log-variance
+    bound penalty and weight decay: `member_nll_loss + logvar_bounds_penalty`."""
+    return member_nll_loss(params, norm_mean, norm_std, x, y, w, weight_decays) + logvar_bounds_penalty(params)
 
 
 def member_mse(params, norm_mean, norm_std, x, y, mask):

@@ -20,8 +20,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jax.sharding import PartitionSpec
+
 from mbrlax.config import ModelConfig
-from mbrlax.models.ensemble import ModelState, make_optimizer, member_mse, nll_loss
+from mbrlax.models.ensemble import ModelState, logvar_bounds_penalty, make_optimizer, member_mse, member_nll_loss
+from mbrlax.parallel import AXIS, MEMBERS, SHARED, MemberSplit
 
 CHUNK = 16  # max minibatches per jitted call
 
@@ -96,38 +99,64 @@ def input_normalizer(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(np.float32), std.astype(np.float32)
 
 
+def no_penalty(params) -> jax.Array:
+    return jnp.zeros(())
+
+
 class ModelTrainer:
     """Trains a ModelState on (inputs, targets, weights) arrays of fixed capacity.
 
     Any model whose params hold its stacked members under params["layers"] can be
-    trained: `loss_fn` is its weighted training loss and `score_fn` its per-member
-    holdout score (the ensemble's MSE by default; a mixture density network passes
-    its NLL, since a mean's MSE says little about a multimodal fit).
+    trained: `loss_fn` is the sum of its members' weighted training losses (each
+    member's terms only), `penalty_fn` the loss terms of the leaves all members share,
+    and `score_fn` its per-member holdout score (the ensemble's MSE by default; a
+    mixture density network passes its NLL, since a mean's MSE says little about a
+    multimodal fit). The members are split over `cfg.devices` devices
+    (mbrlax/parallel.py); the result does not depend on the split.
     """
 
-    def __init__(self, cfg: ModelConfig, loss_fn: LossFn | None = None, score_fn: ScoreFn | None = None):
+    def __init__(self, cfg: ModelConfig, loss_fn: LossFn | None = None, score_fn: ScoreFn | None = None,
+                 penalty_fn: Callable[[dict], jax.Array] | None = None):
         self.cfg = cfg
-        loss_fn, score_fn = loss_fn or nll_loss, score_fn or member_mse
-        opt = make_optimizer(cfg)
+        if loss_fn is None:
+            loss_fn, penalty_fn = member_nll_loss, penalty_fn or logvar_bounds_penalty
+        score_fn, penalty_fn = score_fn or member_mse, penalty_fn or no_penalty
+        self.opt = opt = make_optimizer(cfg)
+        self.split = split = MemberSplit.for_config(cfg.ensemble_size, cfg.devices)
         decays = cfg.weight_decays
+        by_member = PartitionSpec(None, AXIS)  # [chunk, E, B] minibatch indices
 
-        def train_chunk(state: ModelState, x, y, w, idx, valid):
-            def step(carry, batch):
-                params, opt_state = carry
-                bidx, bvalid = batch  # [E, B]
-                loss, grads = jax.value_and_grad(loss_fn)(
-                    params, state.norm_mean, state.norm_std, x[bidx], y[bidx], w[bidx] * bvalid, decays
-                )
-                updates, opt_state = opt.update(grads, opt_state, params)
-                return (optax.apply_updates(params, updates), opt_state), loss
+        def train_chunk(params, opt_state, norm_mean, norm_std, x, y, w, idx, valid):
+            def on_device(params, opt_state, norm_mean, norm_std, x, y, w, idx, valid):
+                def step(carry, batch):
+                    params, opt_state = carry
+                    bidx, bvalid = batch  # [E_local, B]
+                    loss, grads = jax.value_and_grad(loss_fn)(
+                        params, norm_mean, norm_std, x[bidx], y[bidx], w[bidx] * bvalid, decays
+                    )
+                    penalty, penalty_grads = jax.value_and_grad(penalty_fn)(params)
+                    grads = jax.tree.map(jnp.add, split.sum_shared(grads), penalty_grads)
+                    updates, opt_state = opt.update(grads, opt_state, params)
+                    return (optax.apply_updates(params, updates), opt_state), split.total(loss) + penalty
 
-            (params, opt_state), losses = jax.lax.scan(step, (state.params, state.opt_state), (idx, valid))
-            return state.replace(params=params, opt_state=opt_state), jnp.sum(losses)
+                (params, opt_state), losses = jax.lax.scan(step, (params, opt_state), (idx, valid))
+                return params, opt_state, jnp.sum(losses)
 
-        def holdout(state: ModelState, x, y, w, idx, mask):
+            p_specs, o_specs = split.param_specs(params), split.opt_specs(params, opt, opt_state)
+            return split.over_members(
+                on_device, in_specs=(p_specs, o_specs) + (SHARED,) * 5 + (by_member, by_member),
+                out_specs=(p_specs, o_specs, SHARED),
+            )(params, opt_state, norm_mean, norm_std, x, y, w, idx, valid)
+
+        def holdout(params, norm_mean, norm_std, x, y, w, idx, mask):
             # Weighted like the loss: with return weights (DAM's Eq. 10) an unweighted score would
             # early-stop on, and restore, the snapshot closest to the plain maximum-likelihood fit.
-            return score_fn(state.params, state.norm_mean, state.norm_std, x[idx], y[idx], mask * w[idx])
+            def on_device(params, norm_mean, norm_std, x, y, w, idx, mask):
+                return score_fn(params, norm_mean, norm_std, x[idx], y[idx], mask * w[idx])
+
+            return split.over_members(
+                on_device, in_specs=(split.param_specs(params),) + (SHARED,) * 7, out_specs=MEMBERS,
+            )(params, norm_mean, norm_std, x, y, w, idx, mask)
 
         def keep_improved(best_layers, layers, improved):
             pick = lambda b, c: jnp.where(improved.reshape((-1,) + (1,) * (c.ndim - 1)), c, b)
@@ -136,20 +165,31 @@ class ModelTrainer:
         self._train_chunk = jax.jit(train_chunk)
         self._holdout = jax.jit(holdout)
         self._keep_improved = jax.jit(keep_improved)
+        self.epochs_run = self.minibatches_run = 0  # totals over all trainings (`mbrlax bench`)
+
+    def place(self, state: ModelState, x, y, w):
+        """Padded params and optimizer state on their devices, and the data on every device."""
+        params, opt_state = self.split.place(state.params, self.opt, state.opt_state)
+        return params, opt_state, *self.split.replicate((state.norm_mean, state.norm_std, x, y, w))
+
+    def pad_members(self, a: np.ndarray, fill) -> np.ndarray:
+        """Minibatches [n, E, B] (member axis 1) or per-member flags [E] padded to the split's size."""
+        return self.split.pad_host(a, 1 if a.ndim == 3 else 0, fill)
 
     def compile_all_chunk_sizes(self, state: ModelState, x, y) -> None:
         """Compile every chunk and holdout size up front (benchmarks exclude compile time); state is unchanged."""
-        e, b = self.cfg.ensemble_size, self.cfg.batch_size
+        e, b = self.split.padded_size, self.cfg.batch_size
+        params, opt_state, mean, std, x, y, w = self.place(state, x, y, jnp.ones(x.shape[0]))
         size = CHUNK
         while size >= 1:
             idx = jnp.zeros((size, e, b), jnp.int32)
-            jax.block_until_ready(self._train_chunk(state, x, y, jnp.ones(x.shape[0]), idx, idx > 0))
+            jax.block_until_ready(self._train_chunk(params, opt_state, mean, std, x, y, w, idx, idx > 0))
             size //= 2
         padded = 256
         while True:
             padded = min(padded, self.cfg.max_holdout)
             idx = jnp.zeros(padded, jnp.int32)
-            jax.block_until_ready(self._holdout(state, x, y, jnp.ones(x.shape[0]), idx, jnp.ones(padded)))
+            jax.block_until_ready(self._holdout(params, mean, std, x, y, w, idx, jnp.ones(padded)))
             if padded == self.cfg.max_holdout:
                 break
             padded *= 2
@@ -178,43 +218,46 @@ class ModelTrainer:
         padded = _holdout_padding(n_hold, cfg.max_holdout)
         hold_idx = np.zeros(padded, np.int32)
         hold_idx[:n_hold] = hold
-        hold_mask = jnp.asarray(np.arange(padded) < n_hold, jnp.float32)
-        hold_idx = jnp.asarray(hold_idx)
+        hold_mask = np.arange(padded) < n_hold
+        if n_hold == 0:  # tiny data sets: fall back to the training rows
+            hold_idx, hold_mask = train[:cfg.max_holdout], np.ones(min(len(train), cfg.max_holdout))
+        hold_idx, hold_mask = jnp.asarray(hold_idx, jnp.int32), jnp.asarray(hold_mask, jnp.float32)
+        e = cfg.ensemble_size
+        params, opt_state, norm_mean, norm_std, x, y, weights = self.place(state, x, y, weights)
 
-        def holdout_mse(s):
-            if n_hold == 0:  # tiny data sets: fall back to the training rows
-                return np.asarray(self._holdout(s, x, y, weights, jnp.asarray(train[:cfg.max_holdout]),
-                                                jnp.ones(min(len(train), cfg.max_holdout))))
-            return np.asarray(self._holdout(s, x, y, weights, hold_idx, hold_mask))
-
-        boot = bootstrap(train, cfg.ensemble_size, rng)
-        best_mse = np.full(cfg.ensemble_size, np.inf)
-        best_layers = state.params["layers"]
+        boot = bootstrap(train, e, rng)
+        best_mse = np.full(e, np.inf)
+        best_layers = params["layers"]
         epochs, since_improved, loss = 0, 0, float("nan")
         while True:
             idx, valid = _epoch_batches(boot, cfg.batch_size, rng)
+            idx, valid = self.pad_members(idx, 0), self.pad_members(valid, False)
             total = 0.0
             for a, b in _chunks(len(idx)):
-                state, l_sum = self._train_chunk(state, x, y, weights, idx[a:b], valid[a:b])
+                params, opt_state, l_sum = self._train_chunk(
+                    params, opt_state, norm_mean, norm_std, x, y, weights, idx[a:b], valid[a:b]
+                )
                 total += l_sum
             loss = float(total) / len(idx)
             epochs += 1
-            mse = holdout_mse(state)
+            self.epochs_run, self.minibatches_run = self.epochs_run + 1, self.minibatches_run + len(idx)
+            mse = np.asarray(self._holdout(params, norm_mean, norm_std, x, y, weights, hold_idx, hold_mask))[:e]
             with np.errstate(invalid="ignore"):  # first epoch: best is inf
                 improved = (best_mse - mse) / np.abs(best_mse) > cfg.improvement_threshold  # |.|: NLL scores may be < 0
             improved |= np.isinf(best_mse) & np.isfinite(mse)
             if improved.any():
-                best_layers = self._keep_improved(best_layers, state.params["layers"], jnp.asarray(improved))
+                best_layers = self._keep_improved(best_layers, params["layers"], self.pad_members(improved, False))
                 best_mse = np.where(improved, mse, best_mse)
                 since_improved = 0
             else:
                 since_improved += 1
             if not np.isfinite(loss) or since_improved > cfg.patience or (cfg.max_epochs and epochs >= cfg.max_epochs):
                 break
-        params = dict(state.params, layers=best_layers)
+        params, opt_state = self.split.unplace(dict(params, layers=best_layers), self.opt, opt_state)
         elites = np.argsort(best_mse)[: cfg.num_elites]
         state = state.replace(
-            params=params, elites=jnp.asarray(elites, jnp.int32), holdout_mse=jnp.asarray(best_mse)
+            params=params, opt_state=opt_state, elites=jnp.asarray(elites, jnp.int32),
+            holdout_mse=jnp.asarray(best_mse),
         )
         info = {
             "model/train_loss": loss,
