@@ -12,10 +12,12 @@ import jax
 import numpy as np
 
 from mbrlax import envs
-from mbrlax.algos.dyna import Dyna, Hooks, RunState, episode_returns, init_run_state, run_loop, scale_action
+from mbrlax.algos.dyna import Dyna, RunState, episode_returns, init_run_state, run_loop, scale_action
 from mbrlax.config import ConfigError, TrainConfig, config_from_dict, validate
+from mbrlax.runtime import configure
 from mbrlax.run.checkpoint import CheckpointError, has_checkpoint, load_checkpoint
 from mbrlax.run.metrics import MetricsLogger, read_metrics
+from mbrlax.usage import ModelUsage, make_usage
 
 
 @dataclass
@@ -66,17 +68,22 @@ def new_run_dir(cfg: TrainConfig) -> Path:
     return run_dir
 
 
-def train(cfg: TrainConfig, hooks: Hooks | None = None, stop_at: int | None = None) -> Run:
-    """Train from scratch; all config errors are raised before any work starts."""
+def train(cfg: TrainConfig, usage: ModelUsage | None = None, stop_at: int | None = None) -> Run:
+    """Train from scratch; all config errors are raised before any work starts.
+
+    `usage` replaces the strategy the registry gives `cfg.algo` (mbrlax.usage: a ModelUsage
+    subclass or a Compose of several); pass the same one to `resume`."""
     validate(cfg)
+    configure(cfg.model.devices, cfg.model.ensemble_size)  # CPU threading, before JAX starts
     if cfg.algo == "dam":
         return _train_dam(cfg)
     obs_dim, act_dim = env_dims(cfg)
     run_dir = new_run_dir(cfg)
     print(f"mbrlax: {cfg.algo} on {cfg.env}, seed {cfg.seed}, {cfg.total_steps} env steps -> {run_dir}")
     (run_dir / "config.json").write_text(cfg.to_json())
-    dyna = Dyna(cfg, obs_dim, act_dim, hooks or Hooks())
-    state = init_run_state(cfg, obs_dim, act_dim)
+    usage = usage or make_usage(cfg)
+    dyna = Dyna(cfg, obs_dim, act_dim, usage)
+    state = init_run_state(cfg, obs_dim, act_dim, usage)
     with MetricsLogger(run_dir) as logger:
         state, _ = run_loop(dyna, state, {"env_steps": 0}, run_dir, logger, stop_at=stop_at)
     return Run(run_dir, cfg, state)
@@ -111,23 +118,26 @@ def load_config(run_dir: str | Path) -> TrainConfig:
     return validate(config_from_dict(json.loads(path.read_text())))
 
 
-def _restore(run_dir: Path) -> tuple[TrainConfig, RunState, dict, int, int]:
+def _restore(run_dir: Path, usage: ModelUsage | None = None) -> tuple[TrainConfig, RunState, dict, int, int]:
     cfg = load_config(run_dir)
     obs_dim, act_dim = env_dims(cfg)
-    state, meta = load_checkpoint(run_dir, init_run_state(cfg, obs_dim, act_dim))
+    state, meta = load_checkpoint(run_dir, init_run_state(cfg, obs_dim, act_dim, usage))
     return cfg, state, meta, obs_dim, act_dim
 
 
-def resume(run_dir: str | Path, hooks: Hooks | None = None, stop_at: int | None = None) -> Run:
+def resume(run_dir: str | Path, usage: ModelUsage | None = None, stop_at: int | None = None) -> Run:
     """Continue a stopped or killed run from its last checkpoint (metrics continue without gaps)."""
     run_dir = Path(run_dir)
+    model_cfg = load_config(run_dir).model
+    configure(model_cfg.devices, model_cfg.ensemble_size)  # CPU threading, before JAX starts
     if load_config(run_dir).algo == "dam":
         if not has_checkpoint(run_dir):
             raise CheckpointError(f"{run_dir} has no checkpoint to resume from")
         return _train_dam(load_config(run_dir), run_dir=run_dir)
-    cfg, state, meta, obs_dim, act_dim = _restore(run_dir)
+    usage = usage or make_usage(load_config(run_dir))
+    cfg, state, meta, obs_dim, act_dim = _restore(run_dir, usage)
     print(f"mbrlax: resuming {run_dir} at env step {meta['env_steps']} of {cfg.total_steps}")
-    dyna = Dyna(cfg, obs_dim, act_dim, hooks or Hooks())
+    dyna = Dyna(cfg, obs_dim, act_dim, usage)
     with MetricsLogger(run_dir, resume_step=meta["env_steps"]) as logger:
         state, _ = run_loop(dyna, state, meta, run_dir, logger, stop_at=stop_at)
     return Run(run_dir, cfg, state)

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 import tyro
 
-ALGOS = ("mbpo", "sac", "dam")
+ALGOS = ("mbpo", "sac", "pmac", "dam")
 
 
 class ConfigError(ValueError):
@@ -47,6 +47,9 @@ class ModelConfig:
     """Cap on epochs per training (0 = no cap, as in MBPO)."""
     train_freq: int = 250
     """Train the model (and generate rollouts) every this many env steps."""
+    devices: int = 0
+    """Devices the members are split over in training (0 = automatic: on a CPU one per usable core,
+    at most ensemble_size; 1 on a GPU). Results do not depend on it."""
 
 
 @dataclass(frozen=True)
@@ -133,11 +136,38 @@ class DAMConfig:
 
 
 @dataclass(frozen=True)
+class PMACConfig:
+    """PMAC (shared/papers/pmac.md): real data reweighted toward recent policies (Algorithm 1, Eq. 4)."""
+
+    alpha: float = 0.9
+    """Policy-adaptation rate: at each new chunk the older chunks' mass is multiplied by alpha and the
+    newest chunk gets 1 - alpha (Eq. 4; 0.9 is the paper's best, Appendix C.2)."""
+    chunk_steps: int = 250
+    """Env steps per historical policy (one chunk; the initial exploration data is chunk 0). The paper
+    says 250 (D.1) and 1000 (C.2); with 1000 the newest, still growing chunk holds 1 - alpha."""
+    weights: Literal["paper", "tv"] = "paper"
+    """Chunk weights: the paper's geometric rule, or the authors' released rule (1/TV between the current
+    policy and each chunk's collecting policy, newest chunk ~tv_max_rate; SPECS.md 1.4)."""
+    for_model: bool = True
+    """Draw the model's training minibatches (per-member bootstrap) with the weights (ablation C.1)."""
+    for_starts: bool = True
+    """Draw the rollout start states with the weights (ablation C.1)."""
+    holdout: Literal["uniform", "weighted"] = "uniform"
+    """Holdout for early stopping and elites: uniform (authors' code), or weighted like the training
+    loss (the weights then enter as loss weights with a uniform bootstrap)."""
+    tv_states: int = 5000
+    """TV rule: states subsampled per model round to estimate each chunk's policy TV (cost cap)."""
+    tv_max_rate: float = 0.02
+    """TV rule: target mass of the newest chunk (the authors' max_rate)."""
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """A training run."""
 
-    algo: Literal["mbpo", "sac", "dam"] = "mbpo"
-    """Algorithm: mbpo (model-based), sac (model-free baseline) or dam (planning, IcyRoad-v0 / Intersection-v0)."""
+    algo: Literal["mbpo", "sac", "pmac", "dam"] = "mbpo"
+    """Algorithm: mbpo (model-based), sac (model-free baseline), pmac (MBPO with policy-adapted model data,
+    see --pmac.*) or dam (planning, IcyRoad-v0 / Intersection-v0)."""
     env: str = "InvertedPendulum-v5"
     """Environment id (see `mbrlax.envs.list_envs()`; any Gymnasium id also works)."""
     seed: int = 0
@@ -162,6 +192,7 @@ class TrainConfig:
     sac: SACConfig = field(default_factory=SACConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     dam: DAMConfig = field(default_factory=DAMConfig)
+    pmac: PMACConfig = field(default_factory=PMACConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -173,7 +204,8 @@ class TrainConfig:
 def config_from_dict(d: dict) -> TrainConfig:
     """Inverse of `TrainConfig.to_dict` (lists become tuples)."""
     d = dict(d)
-    sub = {"model": ModelConfig, "sac": SACConfig, "rollout": RolloutConfig, "dam": DAMConfig}
+    sub = {"model": ModelConfig, "sac": SACConfig, "rollout": RolloutConfig, "dam": DAMConfig,
+           "pmac": PMACConfig}
     for name, cls in sub.items():
         fields = {k: tuple(v) if isinstance(v, list) else v for k, v in d.get(name, {}).items()}
         d[name] = cls(**fields)
@@ -192,6 +224,19 @@ _MBPO_TABLE = {
     "Humanoid-v5": (1000, 20, (20, 300, 1, 25), 1000, 5, -2.0, 300_000, 5000),
     "InvertedPendulum-v5": (250, 10, (1, 15, 1, 1), 250, 1, -0.05, 5000, 500),
     "InvertedDoublePendulum-v5": (250, 20, (1, 15, 1, 1), 250, 1, -0.5, 20_000, 500),
+}
+
+
+# PMAC's own horizon schedules (Table 1, written there as [x, y, a, b]) and G = 20 for every env
+# (Table 2); other settings as MBPO.
+_PMAC_SCHEDULES = {
+    "Hopper-v5": (20, 100, 1, 15),
+    "Walker2d-v5": (20, 150, 1, 1),
+    "HalfCheetah-v5": (20, 150, 1, 1),
+    "Ant-v5": (20, 100, 1, 25),
+    "AntTruncatedObs-v5": (20, 100, 1, 25),
+    "Humanoid-v5": (20, 300, 1, 25),
+    "HumanoidTruncatedObs-v5": (20, 300, 1, 25),
 }
 
 
@@ -225,6 +270,9 @@ def preset(env: str, algo: str = "mbpo", **overrides) -> TrainConfig:
         )
         if env == "Intersection-v0":  # 25-step episodes: look far enough ahead to see the turn coming
             cfg = replace(cfg, dam=replace(cfg.dam, horizon=12, num_sequences=200, num_particles=10, episodes_per_round=3))
+    if algo == "pmac" and env in _PMAC_SCHEDULES:
+        cfg = replace(cfg, rollout=replace(cfg.rollout, schedule=_PMAC_SCHEDULES[env]),
+                      sac=replace(cfg.sac, updates_per_step=20))
     if algo == "sac":  # the model-free baseline: one update per env step (SAC paper)
         cfg = replace(cfg, sac=replace(cfg.sac, updates_per_step=1))
     return replace(cfg, **overrides) if overrides else cfg
@@ -267,6 +315,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _require(m.lr > 0, "model.lr", m.lr, "must be > 0")
     _require(m.patience >= 0, "model.patience", m.patience, "must be >= 0")
     _require(m.max_epochs >= 0, "model.max_epochs", m.max_epochs, "must be >= 0 (0 = no cap)")
+    _require(m.devices >= 0, "model.devices", m.devices, "must be >= 0 (0 = automatic)")
     for name in ("hidden_size", "num_layers", "batch_size", "updates_per_step"):
         _require(getattr(s, name) > 0, f"sac.{name}", getattr(s, name), "must be a positive integer")
     _require(0 < s.gamma <= 1, "sac.gamma", s.gamma, "must be in (0, 1]")
@@ -285,6 +334,16 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                           ("planner", ("rs", "cem"))):
         _require(getattr(d, name) in allowed, f"dam.{name}", getattr(d, name), f"must be one of {', '.join(allowed)}")
     _require(d.max_weight is None or d.max_weight > 0, "dam.max_weight", d.max_weight, "must be > 0 or None")
+    p = cfg.pmac
+    _require(0 < p.alpha < 1, "pmac.alpha", p.alpha, "must be in (0, 1)")
+    _require(p.chunk_steps > 0, "pmac.chunk_steps", p.chunk_steps, "must be a positive integer (250 or 1000 in the paper)")
+    _require(p.weights in ("paper", "tv"), "pmac.weights", p.weights, "must be one of paper, tv")
+    _require(p.holdout in ("uniform", "weighted"), "pmac.holdout", p.holdout, "must be one of uniform, weighted")
+    _require(p.tv_states > 0, "pmac.tv_states", p.tv_states, "must be a positive integer")
+    _require(0 < p.tv_max_rate < 1, "pmac.tv_max_rate", p.tv_max_rate, "must be in (0, 1)")
+    if cfg.algo == "pmac":
+        _require(p.for_model or p.for_starts, "pmac.for_model", p.for_model,
+                 "pmac.for_model and pmac.for_starts are both off (that is MBPO: use --algo mbpo)")
     if cfg.algo == "dam":
         from mbrlax import envs  # late: envs imports gymnasium
 

@@ -19,6 +19,11 @@ class Transition:
 
 @struct.dataclass
 class Batch(Transition):
-    """A training minibatch: transitions plus per-sample loss weights."""
+    """A training minibatch: transitions plus per-sample loss weights.
 
-    weight: jax.Array
+    `q_weight` weights the soft Bellman (Q) loss, `pi_weight` the policy loss
+    (None: the same as `q_weight`), e.g. MEMR's importance weights on Q only.
+    """
+
+    q_weight: jax.Array
+    pi_weight: jax.Array | None = None

@@ -15,12 +15,13 @@ import pytest
 
 import mbrlax
 from mbrlax.algos import dyna as dyna_mod
-from mbrlax.algos.dyna import Hooks, NonFiniteError
+from mbrlax.algos.dyna import NonFiniteError
 from mbrlax.api import load_config
 from mbrlax.cli import main
 from mbrlax.config import ConfigError, ModelConfig, RolloutConfig, SACConfig, preset
 from mbrlax.run.checkpoint import CheckpointError
 from mbrlax.run.metrics import read_metrics
+from mbrlax.usage import ModelUsage
 
 TINY = dict(
     total_steps=400, init_steps=100, steps_per_epoch=100, eval_episodes=1, progress=False,
@@ -71,7 +72,7 @@ def test_run_directory_contents(finished):
 def test_each_hot_path_compiled_once(finished):
     _, traces = finished
     # Growing horizons (1 -> 2) and growing data must not re-trace the jitted steps.
-    for name in ("agent_step", "rollout", "act", "add_real", "training_data"):
+    for name in ("agent_step", "rollout", "act", "add_real", "training_data", "before_training", "diagnostics"):
         assert traces.get(name) == 1, (name, traces)
 
 
@@ -113,9 +114,12 @@ def test_resume_after_kill_9(tmp_path):
 def test_nan_in_agent_stops_with_error_and_keeps_checkpoint(tmp_path):
     cfg = tiny(tmp_path)
     mbrlax.train(cfg, stop_at=200)
-    nan_weights = Hooks(transition_weights=lambda b: jnp.full_like(b.reward, jnp.nan))
+    class NaNWeights(ModelUsage):
+        def sample_weights(self, usage, batch, is_real):
+            return jnp.full_like(batch.reward, jnp.nan), None
+
     with pytest.raises(NonFiniteError, match=r"SAC update .* env step 200"):
-        mbrlax.resume(cfg.out, hooks=nan_weights)
+        mbrlax.resume(cfg.out, usage=NaNWeights(cfg))
     run = mbrlax.resume(cfg.out)  # the last good checkpoint is intact
     np.testing.assert_array_equal(read_metrics(cfg.out)["env_steps"], [100, 200, 300, 400])
     assert np.all(np.isfinite(np.asarray(run.state.agent.params["log_alpha"])))
@@ -123,7 +127,7 @@ def test_nan_in_agent_stops_with_error_and_keeps_checkpoint(tmp_path):
 
 def test_nan_in_model_stops_with_error(tmp_path, monkeypatch):
     cfg = tiny(tmp_path)
-    monkeypatch.setattr("mbrlax.models.trainer.nll_loss", lambda *a: jnp.float32(jnp.nan))
+    monkeypatch.setattr("mbrlax.models.trainer.member_nll_loss", lambda *a: jnp.float32(jnp.nan))
     with pytest.raises(NonFiniteError, match=r"model training .* env step 100"):
         mbrlax.train(cfg)
 

@@ -18,3 +18,14 @@ def test_mbpo_solves_inverted_pendulum(tmp_path):
     # Mean over 5 deterministic evaluation episodes of the final policy.
     assert m["eval_return"][-1] >= 900.0, m["eval_return"]
     assert np.max(m["eval_return"][:2]) < 900.0  # it learned: the early policy did not balance
+
+
+@pytest.mark.slow
+def test_pmac_solves_inverted_pendulum(tmp_path):
+    cfg = preset("InvertedPendulum-v5", "pmac", total_steps=5000, stop_return=900.0, progress=False,
+                 out=str(tmp_path / "ip_pmac"))
+    mbrlax.train(cfg)
+    m = read_metrics(tmp_path / "ip_pmac")
+    assert m["env_steps"][-1] <= 5000
+    assert m["eval_return"][-1] >= 900.0, m["eval_return"]
+    assert np.max(m["eval_return"][:2]) < 900.0

@@ -89,7 +89,7 @@ def make_batch(seed, b=8):
     done[::3] = 1.0
     return Batch(
         obs=f(b, OBS), action=jnp.asarray(rng.uniform(-0.99, 0.99, (b, ACT)), jnp.float32), reward=f(b),
-        next_obs=f(b, OBS), done=jnp.asarray(done), weight=jnp.asarray(rng.uniform(0.2, 2.0, b), jnp.float32),
+        next_obs=f(b, OBS), done=jnp.asarray(done), q_weight=jnp.asarray(rng.uniform(0.2, 2.0, b), jnp.float32),
     )
 
 
@@ -155,7 +155,7 @@ def test_q_target_is_soft_bellman_backup():
     key = jax.random.key(4)
 
     def bias_grads(w):
-        g = jax.grad(lambda p: sac_loss(p, state.target_critic, batch.replace(weight=w), key, CFG, TARGET_ENTROPY)[0])(
+        g = jax.grad(lambda p: sac_loss(p, state.target_critic, batch.replace(q_weight=w), key, CFG, TARGET_ENTROPY)[0])(
             state.params
         )
         return g["critic"][-1]["b"][:, 0]  # [2]
@@ -195,9 +195,9 @@ def test_loss_metrics_match_numpy():
         np_q(state.target_critic, nb["next_obs"], a_next).min(axis=0) - alpha * logp_next
     )
     q = np_q(state.params["critic"], nb["obs"], nb["action"])
-    q_loss = 0.5 * np.sum(np.mean(nb["weight"] * (q - y) ** 2, axis=1))
+    q_loss = 0.5 * np.sum(np.mean(nb["q_weight"] * (q - y) ** 2, axis=1))
     a_pi, logp_pi = np_sample(state.params["actor"], nb["obs"], k_pi)
-    pi_loss = np.mean(nb["weight"] * (alpha * logp_pi - np_q(state.params["critic"], nb["obs"], a_pi).min(axis=0)))
+    pi_loss = np.mean(nb["q_weight"] * (alpha * logp_pi - np_q(state.params["critic"], nb["obs"], a_pi).min(axis=0)))
     alpha_loss = -math.log(alpha) * np.mean(logp_pi + TARGET_ENTROPY)
     np.testing.assert_allclose(float(m["sac/q_loss"]), q_loss, rtol=1e-4)
     np.testing.assert_allclose(float(m["sac/pi_loss"]), pi_loss, rtol=1e-4, atol=1e-5)
@@ -212,7 +212,7 @@ def test_zero_weight_sample_does_not_affect_actor_and_critic_gradients():
     state = make_state(8)
     batch = make_batch(9)
     j = 3
-    weight = batch.weight.at[j].set(0.0)
+    weight = batch.q_weight.at[j].set(0.0)
     rng = np.random.default_rng(10)
     changed = batch.replace(
         obs=batch.obs.at[j].set(jnp.asarray(rng.normal(size=OBS) * 5, jnp.float32)),
@@ -222,13 +222,13 @@ def test_zero_weight_sample_does_not_affect_actor_and_critic_gradients():
         done=batch.done.at[j].set(1.0 - batch.done[j]),
     )
     grad = jax.jit(jax.grad(lambda p, bt: sac_loss(p, state.target_critic, bt, jax.random.key(11), CFG, TARGET_ENTROPY)[0]))
-    g1 = grad(state.params, batch.replace(weight=weight))
-    g2 = grad(state.params, changed.replace(weight=weight))
+    g1 = grad(state.params, batch.replace(q_weight=weight))
+    g2 = grad(state.params, changed.replace(q_weight=weight))
     for part in ("actor", "critic"):
         tree_allclose(g1[part], g2[part], rtol=1e-5, atol=1e-7)
     # Positive control: with weight 1 on that sample the gradients do change.
-    g3 = grad(state.params, batch.replace(weight=weight.at[j].set(1.0)))
-    g4 = grad(state.params, changed.replace(weight=weight.at[j].set(1.0)))
+    g3 = grad(state.params, batch.replace(q_weight=weight.at[j].set(1.0)))
+    g4 = grad(state.params, changed.replace(q_weight=weight.at[j].set(1.0)))
     for part in ("actor", "critic"):
         diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(g3[part]), jax.tree.leaves(g4[part])))
         assert diff > 1e-3, part
@@ -248,7 +248,7 @@ def sample_batch(data, key):
     k_idx, k_w = jax.random.split(key)
     idx = jax.random.randint(k_idx, (CFG.batch_size,), 0, data.reward.shape[0])
     rows = jax.tree.map(lambda d: d[idx], data)
-    return Batch(**vars(rows), weight=jax.random.uniform(k_w, (CFG.batch_size,), minval=0.5, maxval=1.5))
+    return Batch(**vars(rows), q_weight=jax.random.uniform(k_w, (CFG.batch_size,), minval=0.5, maxval=1.5))
 
 
 UPDATE = jax.jit(make_sac_update(CFG, ACT, sample_batch))
@@ -313,3 +313,17 @@ def test_alpha_moves_toward_entropy_target(entropy_above_target):
         assert step < -0.5 * CFG.updates_per_step * CFG.lr
     else:
         assert step > 0.5 * CFG.updates_per_step * CFG.lr
+
+
+def test_separate_q_and_policy_weights():
+    """Batch.pi_weight weights only the policy loss and Batch.q_weight only the Q loss (NumPy oracle)."""
+    state, batch, key = make_state(5), make_batch(6), jax.random.key(7)
+    pi_w = jnp.asarray(np.random.default_rng(3).uniform(0.0, 3.0, batch.reward.shape[0]), jnp.float32)
+    _, m_same = LOSS(state.params, state.target_critic, batch, key, CFG, TARGET_ENTROPY)
+    _, m_split = LOSS(state.params, state.target_critic, batch.replace(pi_weight=pi_w), key, CFG, TARGET_ENTROPY)
+    np.testing.assert_allclose(float(m_split["sac/q_loss"]), float(m_same["sac/q_loss"]), rtol=1e-6)
+    nb = np_batch(batch)
+    a_pi, logp_pi = np_sample(state.params["actor"], nb["obs"], jax.random.split(key)[0])
+    per = 0.3 * logp_pi - np_q(state.params["critic"], nb["obs"], a_pi).min(axis=0)
+    np.testing.assert_allclose(float(m_split["sac/pi_loss"]), np.mean(np.asarray(pi_w) * per), rtol=1e-4, atol=1e-5)
+    assert abs(float(m_split["sac/pi_loss"]) - float(m_same["sac/pi_loss"])) > 1e-3

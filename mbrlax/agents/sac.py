@@ -3,8 +3,8 @@
 Actions live in [-1, 1] (tanh-squashed Gaussian); the driver rescales them to
 the env's bounds. As in softlearning (the code MBPO is built on), the Q,
 policy and temperature losses of one update are computed from the same
-parameters and applied together. The Q and policy losses take per-sample
-weights (MEMR, ReW); the temperature is tuned on the unweighted batch. G updates
+parameters and applied together. The Q and policy losses take separate per-sample
+weights (Batch.q_weight, Batch.pi_weight: MEMR, ReW); the temperature is tuned on the unweighted batch. G updates
 run as one `lax.scan`.
 """
 
@@ -85,10 +85,11 @@ def sac_loss(params, target_critic, batch: Batch, key, cfg: SACConfig, target_en
     q_next = jnp.min(q_values(target_critic, batch.next_obs, act_next), axis=0)
     target = batch.reward + cfg.gamma * (1.0 - batch.done) * (q_next - alpha * logp_next)
     q = q_values(params["critic"], batch.obs, batch.action)
-    q_loss = 0.5 * jnp.sum(jnp.mean(batch.weight * (q - jax.lax.stop_gradient(target)) ** 2, axis=1))
+    q_loss = 0.5 * jnp.sum(jnp.mean(batch.q_weight * (q - jax.lax.stop_gradient(target)) ** 2, axis=1))
 
     q_pi = jnp.min(q_values(jax.lax.stop_gradient(params["critic"]), batch.obs, act_pi), axis=0)
-    pi_loss = jnp.mean(batch.weight * (alpha * logp_pi - q_pi))
+    pi_weight = batch.q_weight if batch.pi_weight is None else batch.pi_weight
+    pi_loss = jnp.mean(pi_weight * (alpha * logp_pi - q_pi))
     alpha_loss = -params["log_alpha"] * jnp.mean(jax.lax.stop_gradient(logp_pi) + target_entropy)
     metrics = {
         "sac/q_loss": q_loss,

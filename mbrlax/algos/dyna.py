@@ -1,23 +1,25 @@
-"""The Dyna loop: MBPO (Janner et al. 2019, Algorithm 2) and, with no model, SAC.
+"""The Dyna loop: MBPO (Janner et al. 2019, Algorithm 2) and every strategy built on it.
 
     for each env step (after `init_steps` of uniform exploration):
-        every `train_freq` steps:  train the model on D_env       (model_training)
-                                   branched k-step rollouts -> D_model (generate_rollouts)
-        act in the env with the policy, add to D_env              (env_step)
-        G SAC updates on a real_ratio mix of D_env and D_model   (agent_update)
+        every `train_freq` steps:  diagnostics, data weights, train the model on D_env  (model_round)
+        when rollouts are due:     k-step rollouts from start states -> D_model          (rollout)
+        act in the env with the policy, add to D_env                                     (env_step)
+        G agent updates on minibatches of D_env and D_model                              (agent_step)
     every epoch: evaluate, log a metrics row, checkpoint
 
-The seams later papers change are the `Hooks` fields. Everything the loop
-carries between steps is the `RunState` pytree plus a few host counters.
+What a method changes (PMAC's data weights, MEMR's starts, ReW's loss weights)
+is its `ModelUsage` strategy (mbrlax/usage/base.py), chosen by `cfg.algo` from the
+registry; its state is `RunState.usage`. Everything the loop carries between
+steps is the `RunState` pytree plus a few host counters.
 """
 
 from __future__ import annotations
 
 import collections
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -26,15 +28,16 @@ from flax import struct
 
 from mbrlax import envs
 from mbrlax.agents.sac import SACState, deterministic_action, make_sac_update, sac_init, sample_action
-from mbrlax.buffers import Buffer, buffer_add, buffer_init, gather, sample_indices
-from mbrlax.config import TrainConfig, rollout_horizon
+from mbrlax.buffers import Buffer, buffer_add, buffer_init, gather
+from mbrlax.config import TrainConfig
+from mbrlax.models.diagnostics import DIAGNOSTIC_COLUMNS, model_diagnostics
 from mbrlax.models.ensemble import ModelState, model_init, model_inputs, model_targets
-from mbrlax.models.trainer import BootstrapSampler, ModelTrainer, uniform_bootstrap
-from mbrlax.rollout import branched_rollout
+from mbrlax.models.trainer import ModelTrainer
 from mbrlax.run.checkpoint import save_checkpoint
 from mbrlax.run.metrics import MetricsLogger
 from mbrlax.run.progress import ProgressBar
-from mbrlax.types import Batch, Transition
+from mbrlax.types import Transition
+from mbrlax.usage import ModelUsage, make_usage
 
 TRACE_COUNTS: collections.Counter = collections.Counter()  # jitted functions traced, by name
 
@@ -49,34 +52,7 @@ class RunState:
     model: ModelState | None
     real: Buffer
     imagined: Buffer | None
-
-
-def uniform_starts(real: Buffer, key, n: int) -> jax.Array:
-    return sample_indices(real, key, n)
-
-
-def unit_weights(batch: Transition) -> jax.Array:
-    return jnp.ones_like(batch.reward)
-
-
-def schedule_horizon(cfg: TrainConfig, epoch: int) -> int:
-    return rollout_horizon(cfg.rollout.schedule, epoch)
-
-
-@dataclass(frozen=True)
-class Hooks:
-    """The decisions PMAC, MEMR and ReW change; defaults are MBPO's."""
-
-    sample_model_batch: BootstrapSampler = uniform_bootstrap
-    """How model-training minibatches are drawn from real data (per-member bootstrap)."""
-    sample_rollout_starts: Callable[[Buffer, jax.Array, int], jax.Array] = uniform_starts
-    """(real buffer, key, n) -> indices of rollout start states."""
-    rollout_length: Callable[[TrainConfig, int], int] = schedule_horizon
-    """(config, epoch) -> rollout horizon."""
-    transition_weights: Callable[[Transition], jax.Array] = unit_weights
-    """Per-transition weights for the agent's losses (traced)."""
-    with_disagreement: bool = False
-    """Compute the ensemble disagreement in rollouts (all members; costs 7/1 forward passes)."""
+    usage: Any = struct.field(default_factory=dict)  # the ModelUsage strategy's state
 
 
 def max_horizon(cfg: TrainConfig) -> int:
@@ -89,42 +65,39 @@ def model_buffer_rows(cfg: TrainConfig, horizon: int) -> int:
     return cfg.rollout.retain_epochs * per_epoch * horizon
 
 
-def init_run_state(cfg: TrainConfig, obs_dim: int, act_dim: int) -> RunState:
+def init_run_state(cfg: TrainConfig, obs_dim: int, act_dim: int, usage: ModelUsage | None = None) -> RunState:
+    usage = usage or make_usage(cfg)
     k_agent, k_model = jax.random.split(jax.random.key(cfg.seed))
-    mbpo = cfg.algo == "mbpo"
+    k_usage = jax.random.fold_in(jax.random.key(cfg.seed), 5)
+    mb = usage.uses_model
     return RunState(
         agent=sac_init(k_agent, obs_dim, act_dim, cfg.sac),
-        model=model_init(k_model, obs_dim, act_dim, cfg.model) if mbpo else None,
+        model=model_init(k_model, obs_dim, act_dim, cfg.model) if mb else None,
         real=buffer_init(obs_dim, act_dim, cfg.total_steps),
-        imagined=buffer_init(obs_dim, act_dim, model_buffer_rows(cfg, max_horizon(cfg))) if mbpo else None,
+        imagined=buffer_init(obs_dim, act_dim, model_buffer_rows(cfg, max_horizon(cfg))) if mb else None,
+        usage=usage.init(k_usage, obs_dim, act_dim),
     )
 
 
 @dataclass
 class Dyna:
-    """Jitted pieces of the loop for one config (built once, reused after resume)."""
+    """Jitted pieces of the loop for one config and strategy (built once, reused after resume)."""
 
     cfg: TrainConfig
     obs_dim: int
     act_dim: int
-    hooks: Hooks = field(default_factory=Hooks)
+    usage: ModelUsage | None = None
 
     def __post_init__(self):
-        cfg, hooks = self.cfg, self.hooks
+        cfg = self.cfg
+        usage = self.usage = self.usage or make_usage(cfg)
         self.root_key = jax.random.key(cfg.seed)
-        self.termination_fn = envs.termination_fn(cfg.env) if cfg.algo == "mbpo" else None
+        self.termination_fn = envs.termination_fn(cfg.env) if usage.uses_model else None
         self.model_trainer = ModelTrainer(cfg.model)
-        n_real = cfg.sac.batch_size if cfg.algo == "sac" else int(cfg.sac.batch_size * cfg.rollout.real_ratio)
 
         def sample_batch(data, key):
-            real, imagined, window = data
-            k_real, k_model = jax.random.split(key)
-            batch = gather(real, sample_indices(real, k_real, n_real))
-            if n_real < cfg.sac.batch_size:
-                model_idx = sample_indices(imagined, k_model, cfg.sac.batch_size - n_real, window)
-                fake = gather(imagined, model_idx)
-                batch = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), batch, fake)
-            return Batch(**vars(batch), weight=hooks.transition_weights(batch))
+            real, imagined, window, u = data
+            return usage.agent_batch(u, real, imagined, window, key)
 
         sac_update = make_sac_update(cfg.sac, self.act_dim, sample_batch)
 
@@ -135,32 +108,46 @@ class Dyna:
 
             return jax.jit(counting, **jit_kw)
 
+        def step_key(step, stream):
+            return jax.random.fold_in(jax.random.fold_in(self.root_key, step), stream)
+
         def add_real(state: RunState, tr: Transition):
-            return state.replace(real=buffer_add(state.real, jax.tree.map(lambda x: x[None], tr)))
+            real = buffer_add(state.real, jax.tree.map(lambda x: x[None], tr))
+            row = (real.ptr - 1) % real.capacity
+            u = usage.on_real_step(state.usage, real, row, state.agent.params["actor"])
+            return state.replace(real=real, usage=u)
 
         def agent_step(state: RunState, tr: Transition, window, step):
             state = add_real(state, tr)
-            key = jax.random.fold_in(jax.random.fold_in(self.root_key, step), 1)
-            agent, metrics = sac_update(state.agent, (state.real, state.imagined, window), key)
+            state = state.replace(usage=usage.before_updates(state.usage, state, step_key(step, 6)))
+            data = (state.real, state.imagined, window, state.usage)
+            agent, metrics = sac_update(state.agent, data, step_key(step, 1))
             return state.replace(agent=agent), metrics
 
         def act(actor, obs, step):
-            key = jax.random.fold_in(jax.random.fold_in(self.root_key, step), 2)
-            return sample_action(actor, obs[None], key)[0][0]
+            return sample_action(actor, obs[None], step_key(step, 2))[0][0]
 
         def rollout(state: RunState, horizon, step):
-            key = jax.random.fold_in(jax.random.fold_in(self.root_key, step), 3)
-            k_start, k_roll = jax.random.split(key)
-            starts = gather(state.real, hooks.sample_rollout_starts(state.real, k_start, cfg.rollout.batch_size))
-            trs, valid, dis = branched_rollout(
-                state.model, state.agent.params["actor"], starts.obs, k_roll, horizon,
-                max_horizon(cfg), self.termination_fn, hooks.with_disagreement,
-            )
+            k_start, k_roll, k_after = jax.random.split(step_key(step, 3), 3)
+            actor = state.agent.params["actor"]
+            idx, extras = usage.rollout_starts(state.usage, state.real, k_start, cfg.rollout.batch_size)
+            trs, valid, dis = usage.rollout(state.model, actor, gather(state.real, idx).obs, k_roll, horizon,
+                                            max_horizon(cfg), self.termination_fn)
             flat = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), trs)
             finite = jnp.all(jnp.isfinite(jnp.where(valid[..., None], trs.next_obs, 0.0)))
             finite &= jnp.all(jnp.isfinite(jnp.where(valid, trs.reward, 0.0)))
             imagined = buffer_add(state.imagined, flat, valid.reshape(-1))
-            return state.replace(imagined=imagined), finite, jnp.sum(valid)
+            u = usage.after_rollout(state.usage, idx, extras, trs, valid, dis, actor, k_after)
+            return state.replace(imagined=imagined, usage=u), finite, jnp.sum(valid)
+
+        def diagnostics(model, real: Buffer, step):
+            """The current model's errors on the newest chunk, before it trains on it."""
+            return model_diagnostics(model, real, step_key(step, 4), cfg.model.train_freq)
+
+        def before_training(u, real: Buffer, actor, step):
+            """The strategy's per-round update and this round's real-data weights."""
+            u = usage.on_model_round(u, real, actor, step_key(step, 5))
+            return u, usage.real_data_weights(u, real)
 
         def training_data(real: Buffer):
             d = real.data
@@ -169,6 +156,8 @@ class Dyna:
         self.add_real = traced("add_real", add_real, donate_argnums=(0,))
         self.agent_step = traced("agent_step", agent_step, donate_argnums=(0,))
         self.rollout = traced("rollout", rollout, donate_argnums=(0,))
+        self.before_training = traced("before_training", before_training)
+        self.diagnostics = traced("diagnostics", diagnostics)
         self.act = traced("act", act)
         self.act_deterministic = traced("act_deterministic", lambda a, o: deterministic_action(a, o[None])[0])
         self.training_data = traced("training_data", training_data)
@@ -178,17 +167,24 @@ class Dyna:
         return model_buffer_rows(self.cfg, horizon)
 
     def train_model(self, state: RunState, env_steps: int) -> tuple[RunState, dict]:
+        """One model round: diagnostics, the strategy's data weights, then model training."""
+        step = jnp.int32(env_steps)
+        trained = bool(np.all(np.isfinite(np.asarray(state.model.holdout_mse))))  # no errors of an untrained model
+        diag = self.diagnostics(state.model, state.real, step) if trained else dict.fromkeys(DIAGNOSTIC_COLUMNS, np.nan)
+        u, weights = self.before_training(state.usage, state.real, state.agent.params["actor"], step)
+        state = state.replace(usage=u)
+        weights = None if weights is None else np.asarray(weights)
         x, y = self.training_data(state.real)
         rng = np.random.default_rng([self.cfg.seed, env_steps, 4])
         model, info = self.model_trainer.train(
-            state.model, x, y, int(state.real.size), rng, bootstrap=self.hooks.sample_model_batch
+            state.model, x, y, int(state.real.size), rng, **self.usage.model_train_args(weights)
         )
         finite = np.isfinite(info["model/train_loss"]) and all(
             bool(jnp.all(jnp.isfinite(p))) for p in jax.tree.leaves(model.params)
         )
         if not finite:
             raise NonFiniteError(f"model training produced NaN/Inf at env step {env_steps}")
-        return state.replace(model=model), info
+        return state.replace(model=model), {**info, **{k: float(v) for k, v in diag.items()}}
 
 
 def scale_action(action: np.ndarray, space) -> np.ndarray:
@@ -249,7 +245,9 @@ def run_loop(
     space = env.action_space
     obs, _ = env.reset()
     ep_return, last = 0.0, {}
-    horizon = dyna.hooks.rollout_length(cfg, max(meta["env_steps"] - cfg.init_steps, 0) // cfg.steps_per_epoch)
+    usage = dyna.usage
+    horizon = usage.rollout_horizon(max(meta["env_steps"] - cfg.init_steps, 0) // cfg.steps_per_epoch)
+    updates_per_step = cfg.sac.updates_per_step
     wall0 = time.perf_counter() - meta.get("wall_time", 0.0)
     end = min(cfg.total_steps, stop_at or cfg.total_steps)
 
@@ -260,14 +258,15 @@ def run_loop(
             learning = loop_step >= 0
             epoch = max(loop_step, 0) // cfg.steps_per_epoch
 
-            # Model training and branched rollouts (MBPO Alg. 2, lines 3-8).
-            if cfg.algo == "mbpo" and learning and loop_step % cfg.model.train_freq == 0:
+            # Model training (MBPO Alg. 2, lines 3-4) and model rollouts (lines 5-8).
+            if usage.uses_model and learning and loop_step % cfg.model.train_freq == 0:
                 state, info = timer("model_train", dyna.train_model, state, step)
-                horizon = dyna.hooks.rollout_length(cfg, epoch)
+                last.update(info)
+            if usage.uses_model and learning and usage.rollout_due(loop_step):
+                horizon = usage.rollout_horizon(epoch)
                 state, finite, n_new = timer("rollout", dyna.rollout, state, jnp.int32(horizon), step)
                 if not bool(finite):
                     raise NonFiniteError(f"model rollouts produced NaN/Inf at env step {step}")
-                last.update(info)
                 last.update({"rollout/horizon": horizon, "rollout/transitions": int(n_new),
                              "rollout/model_buffer_size": int(state.imagined.size)})
 
@@ -296,6 +295,7 @@ def run_loop(
                 if not bool(metrics["sac/finite"]):
                     raise NonFiniteError(f"SAC update produced NaN/Inf at env step {step}")
                 sac_metrics = metrics
+                meta["agent_updates"] = meta.get("agent_updates", 0) + updates_per_step
             else:
                 state = dyna.add_real(state, tr)
             meta["env_steps"] = step + 1
@@ -309,8 +309,9 @@ def run_loop(
                 row.update(last)
                 if learning:
                     row.update({k: float(v) for k, v in sac_metrics.items() if k != "sac/finite"})
-                row.update({"time/wall": wall, **{f"time/{k}": v for k, v in timer.totals.items()}})
-                logger.log(_fill_columns(row, cfg))
+                row.update({"agent/updates": meta.get("agent_updates", 0), "time/wall": wall,
+                            **{f"time/{k}": v for k, v in timer.totals.items()}})
+                logger.log(_fill_columns(row, usage.uses_model, logger.header))
                 bar.update(0, eval_return=ret)
                 meta["wall_time"] = wall
                 meta["epochs_done"] = meta.get("epochs_done", 0) + 1
@@ -323,12 +324,13 @@ def run_loop(
     return state, meta
 
 
-def _fill_columns(row: dict, cfg: TrainConfig) -> dict:
-    """Fixed CSV columns from the first row on (NaN where a value is not yet known)."""
+def _fill_columns(row: dict, uses_model: bool, header: list[str] | None = None) -> dict:
+    """Fixed CSV columns from the first row on (NaN where a value is not yet known). A resumed run
+    keeps its file's header (runs from before a column was added continue without it)."""
     cols = ["env_steps", "eval_return", "eval_return_std", "train/episode_return",
             "sac/q_loss", "sac/pi_loss", "sac/alpha", "sac/entropy", "sac/q_mean"]
-    if cfg.algo == "mbpo":
+    if uses_model:
         cols += ["model/train_loss", "model/holdout_mse", "model/epochs", "model/train_size",
-                 "rollout/horizon", "rollout/transitions", "rollout/model_buffer_size"]
-    cols += ["time/wall"] + [f"time/{k}" for k in PHASES]
-    return {c: row.get(c, float("nan")) for c in cols}
+                 *DIAGNOSTIC_COLUMNS, "rollout/horizon", "rollout/transitions", "rollout/model_buffer_size"]
+    cols += ["agent/updates", "time/wall"] + [f"time/{k}" for k in PHASES]
+    return {c: row.get(c, float("nan")) for c in (header or cols)}

@@ -178,7 +178,7 @@ def evaluate(dam: DAM, state: DAMState, env, episodes: int, key) -> tuple[float,
 
 COLUMNS = ["round", "env_steps", "eval_return", "eval_return_std", "train/episode_return",
            "model/train_loss", "model/holdout_mse", "model/epochs", "model/train_size",
-           "disc/loss", "disc/accuracy", "time/wall", "time/train", "time/act", "time/evaluate"]
+           "disc/loss", "disc/accuracy", "agent/updates", "time/wall", "time/train", "time/act", "time/evaluate"]
 
 
 def run_rounds(dam: DAM, state: DAMState, meta: dict, run_dir: Path, logger: MetricsLogger) -> tuple[DAMState, dict]:
@@ -219,8 +219,8 @@ def run_rounds(dam: DAM, state: DAMState, meta: dict, run_dir: Path, logger: Met
             meta["wall_time"] = time.perf_counter() - wall0
             row = {"round": r, "env_steps": meta["env_steps"], "eval_return": ret, "eval_return_std": ret_std,
                    "train/episode_return": float(np.mean([sum(float(s[2]) for s in ep) for ep in episodes])),
-                   **info, "time/wall": meta["wall_time"], **{f"time/{k}": v for k, v in totals.items()}}
-            logger.log({c: row.get(c, float("nan")) for c in COLUMNS})
+                   **info, "agent/updates": 0, "time/wall": meta["wall_time"], **{f"time/{k}": v for k, v in totals.items()}}
+            logger.log({c: row.get(c, float("nan")) for c in (logger.header or COLUMNS)})  # planning: no agent updates
             meta["round"] = r + 1
             save_checkpoint(run_dir, state, meta)
             bar.update(1, eval_return=ret)
