@@ -36,11 +36,17 @@ def buffer_add(buf: Buffer, batch: Transition, mask: jax.Array | None = None) ->
     n = batch.reward.shape[0]
     mask = jnp.ones(n, bool) if mask is None else mask
     cap = buf.capacity
-    offset = jnp.cumsum(mask) - 1
-    dest = jnp.where(mask, (buf.ptr + offset) % cap, cap)  # cap = out of bounds: dropped
+    dest, count = ring_slots(buf.ptr, mask, cap)
     data = jax.tree.map(lambda d, x: d.at[dest].set(x, mode="drop"), buf.data, batch)
-    count = jnp.sum(mask, dtype=jnp.int32)
     return Buffer(data=data, ptr=(buf.ptr + count) % cap, size=jnp.minimum(buf.size + count, cap))
+
+
+def ring_slots(ptr: jax.Array, mask: jax.Array, capacity: int) -> tuple[jax.Array, jax.Array]:
+    """Where `buffer_add` writes the rows of `mask`: (destination row per row, `capacity` = dropped; rows written).
+    Per-row columns kept beside a buffer (a strategy's features) stay aligned by writing to the same rows."""
+    offset = jnp.cumsum(mask) - 1
+    dest = jnp.where(mask, (ptr + offset) % capacity, capacity)  # capacity = out of bounds: dropped
+    return dest, jnp.sum(mask, dtype=jnp.int32)
 
 
 def sample_indices(buf: Buffer, key, n: int, window: jax.Array | int | None = None) -> jax.Array:

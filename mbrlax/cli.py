@@ -1,24 +1,27 @@
-"""Command line: `mbrlax {train,resume,eval,plot,bench}`.
+"""Command line: `mbrlax {train,resume,eval,diagnose,plot,bench}`.
 
 `mbrlax train` takes every TrainConfig field as a flag (`--total-steps`,
 `--sac.updates-per-step`, ...); defaults come from the paper preset of the
 chosen `--env` and `--algo`. With no arguments it trains MBPO on
-InvertedPendulum-v5.
+InvertedPendulum-v5. Your own env: `--env my_pkg.my_mod:make_env [--termination
+my_pkg.my_mod:is_done] [--reward my_pkg.my_mod:reward]`.
 """
 
 from __future__ import annotations
 
+import signal
 import sys
 from dataclasses import dataclass
 from typing import Annotated
 
 import tyro
 
-USAGE = """usage: mbrlax {train,resume,eval,plot,bench} [--help]
+USAGE = """usage: mbrlax {train,resume,eval,diagnose,plot,bench} [--help]
 
   train    train an agent (default: MBPO on InvertedPendulum-v5)
   resume   continue a stopped or killed run from its last checkpoint
-  eval     evaluate the saved policy of a run
+  eval     evaluate the saved policy of a run (--video out.mp4 records it)
+  diagnose the saved model's errors and calibration on held-out real data (PNG and CSV)
   plot     learning curves of one or more runs (mean and spread over seeds)
   bench    seconds per 1000 env steps at MBPO's settings, split by phase
 """
@@ -38,6 +41,22 @@ class EvalArgs:
     """Evaluation episodes."""
     seed: int = 0
     """Seed of the evaluation env."""
+    video: str | None = None
+    """Render the episodes offscreen into this .mp4 or .gif file (MUJOCO_GL: egl or osmesa)."""
+    video_size: tuple[int, int] | None = None
+    """Video frame width and height (default: the env's, 480 x 480 for MuJoCo envs)."""
+
+
+@dataclass(frozen=True)
+class DiagnoseArgs:
+    run_dir: tyro.conf.Positional[str]
+    """Run directory whose saved model is diagnosed (mbpo, pmac or memr)."""
+    output: Annotated[str | None, tyro.conf.arg(aliases=("-o",))] = None
+    """Output PNG (default: RUN_DIR/diagnose.png)."""
+    csv: str | None = None
+    """Output CSV (default: RUN_DIR/diagnose.csv)."""
+    horizon: int = 10
+    """Longest open-loop horizon of the h-step error curve."""
 
 
 @dataclass(frozen=True)
@@ -85,8 +104,26 @@ def cmd_eval(argv: list[str]) -> None:
     import mbrlax
 
     args = tyro.cli(EvalArgs, args=argv, prog="mbrlax eval")
-    mean, std = mbrlax.load(args.run_dir).evaluate(args.episodes, args.seed)
+    mean, std = mbrlax.load(args.run_dir).evaluate(args.episodes, args.seed, args.video, args.video_size)
     print(f"eval_return {mean:.2f} +- {std:.2f} over {args.episodes} episodes")
+
+
+def cmd_diagnose(argv: list[str]) -> None:
+    import numpy as np
+
+    from mbrlax.diagnose import GAUSSIAN_WITHIN, diagnose_run
+
+    args = tyro.cli(DiagnoseArgs, args=argv, prog="mbrlax diagnose")
+    r = diagnose_run(args.run_dir, args.output, args.csv, args.horizon)
+    h = r["hstep_mse"]
+    print(f"held-out: {r['end'] - r['start']} real transitions (env steps {r['start']}-{r['end'] - 1}), "
+          "collected after the model's last training")
+    print(f"one-step MSE: reward {r['mse'][0]:.3g}, next_obs mean {r['mse'][1:].mean():.3g}, "
+          f"worst next_obs[{int(np.argmax(r['mse'][1:]))}] {r['mse'][1:].max():.3g}")
+    print("h-step MSE: " + ", ".join(f"h={i + 1} {v:.3g}" for i, v in enumerate(h) if i + 1 in (1, 5, len(h))))
+    print(f"within 1 / 2 predicted std: {r['within_1std'].mean():.3f} / {r['within_2std'].mean():.3f} "
+          f"(a calibrated Gaussian: {GAUSSIAN_WITHIN[1]} / {GAUSSIAN_WITHIN[2]})")
+    print(f"wrote {r['png']} and {r['csv']}")
 
 
 def cmd_plot(argv: list[str]) -> None:
@@ -107,14 +144,15 @@ def _print_summary(run) -> None:
     print(f"done: {run.run_dir}  env_steps={int(m['env_steps'][-1])}  eval_return={m['eval_return'][-1]:.1f}")
 
 
-COMMANDS = {"train": cmd_train, "resume": cmd_resume, "eval": cmd_eval, "plot": cmd_plot, "bench": cmd_bench}
+COMMANDS = {"train": cmd_train, "resume": cmd_resume, "eval": cmd_eval, "diagnose": cmd_diagnose,
+            "plot": cmd_plot, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> None:
     from mbrlax.algos.dyna import NonFiniteError
     from mbrlax.config import ConfigError
     from mbrlax.envs import UnknownEnvError
-    from mbrlax.run.checkpoint import CheckpointError
+    from mbrlax.run import CheckpointError, MetricsError, RunLockedError, RunStopped
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in ("-h", "--help"):
@@ -130,7 +168,13 @@ def main(argv: list[str] | None = None) -> None:
         configure()
     try:
         COMMANDS[name](rest)
-    except (ConfigError, UnknownEnvError, CheckpointError, NonFiniteError) as e:
+    except RunStopped as e:
+        print(f"mbrlax {name}: {e}", file=sys.stderr)
+        sys.exit(128 + e.signum)
+    except KeyboardInterrupt:  # before the loop's handler is installed, or a second Ctrl-C
+        print(f"mbrlax {name}: interrupted", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
+    except (ConfigError, UnknownEnvError, CheckpointError, MetricsError, RunLockedError, NonFiniteError) as e:
         print(f"mbrlax {name}: error: {e}", file=sys.stderr)
         sys.exit(2)
 

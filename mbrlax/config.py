@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 import tyro
 
-ALGOS = ("mbpo", "sac", "pmac", "dam")
+ALGOS = ("mbpo", "sac", "pmac", "memr", "rew", "pmac+rew", "dam")
 
 
 class ConfigError(ValueError):
@@ -162,14 +162,93 @@ class PMACConfig:
 
 
 @dataclass(frozen=True)
+class MEMRConfig:
+    """MEMR (shared/papers/memr.md, Algorithm 1): one-step rollouts from max-entropy-prioritized start states."""
+
+    alpha: float = 0.6
+    """Prioritization exponent a: start state i is drawn with P(i) = p_i^a / sum_k p_k^a (Eq. 3; 0.6 is the
+    paper's best). 0 is the control: uniform starts and unit importance weights."""
+    beta_start: float = 0.4
+    """Importance-sampling exponent b at the first env step (Eq. 5), annealed linearly ..."""
+    beta_end: float = 1.0
+    """... to this value at total_steps."""
+    every: int = 1
+    """Generate rollouts every this many env steps (rollout.batch_size start states each time, one segment;
+    the paper: 400 every step; the authors' reimplementation: 20000 every 50)."""
+    is_norm: Literal["max", "mean"] = "max"
+    """Normalize a segment's importance weights by their max (Eq. 5) or their mean (the reimplementation)."""
+    psi_epochs: int = 2
+    """Epochs of the model-data policy pi_psi's maximum-likelihood fit on each new segment (D)."""
+    psi_batch_size: int = 256
+    """pi_psi minibatch size."""
+    psi_hidden: int = 256
+    """Width of pi_psi's two hidden layers."""
+    psi_lr: float = 3e-4
+    """pi_psi Adam learning rate."""
+    model_buffer_size: int = 1_000_000
+    """Rows of the segmented model buffer (rounded down to whole segments)."""
+
+
+@dataclass(frozen=True)
+class ReWConfig:
+    """ReW-PE-SAC (shared/papers/rew.txt): imagined transition sets weighted by a meta-learned weight network
+    (Algorithm 1, Eqs. 1-6); values the paper leaves to its missing appendix are proposals (SPECS.md 3.3)."""
+
+    weights: Literal["rew", "none"] = "rew"
+    """Transition weights: rew (the meta-learned weight network, ReW-PE-SAC) or none (every weight 1: PE-SAC, the
+    paper's ablation; the same set rollouts and updates otherwise)."""
+    horizon: int = 5
+    """Planning horizon H of every set rollout, fixed (rollout.schedule is not used; proposal 5, option 10)."""
+    samples_per_member: int = 1
+    """M: next-state samples from each member's Gaussian at each depth; a transition set holds M x B samples
+    (proposal 1, option 5)."""
+    elites_only: bool = False
+    """Sets from the model's elites only (B = model.num_elites) instead of every member (B = model.ensemble_size,
+    the paper's B bootstrapped models)."""
+    explore_scale: float = 10.0
+    """lambda_e: the training rollouts act with the current policy at temperature lambda_e x alpha, i.e. its pre-tanh
+    std times sqrt(lambda_e) (rew.txt:626-630; 10 in the paper)."""
+    meta_starts: int = 52
+    """Ne: real start states of each meta step, each rolled out H steps with its recorded real actions (Ne x H
+    sets; proposal 52 x 5 = 260, about one SAC batch)."""
+    meta_batch: int = 256
+    """Nv: real transitions of the meta objective (Eq. 4)."""
+    inner_lr: float = 3e-4
+    """mu: step size of the one plain-SGD step of Q and policy on the weighted sets (Eq. 1)."""
+    weight_lr: float = 3e-4
+    """mu_w: Adam learning rate of the weight network."""
+    hidden: int = 64
+    """Width of the weight network: Linear(features -> hidden) -> GRU(hidden) over depth -> Linear(hidden -> 1)
+    -> sigmoid (Fig. 1, right)."""
+    last_bias: float = 3.0
+    """Initial bias of the output layer, whose weights start at 0: every initial weight is sigmoid(3.0) = 0.953
+    (rew.txt:853-855)."""
+    meta_every: int = 1
+    """Meta step (weight-network update) every this many env steps (Algorithm 1: every step, SPECS C1)."""
+    real_updates: int = 0
+    """SAC updates on real-only minibatches after the K weighted updates of each env step (Algorithm 1, last line).
+    0: real rows are mixed into every minibatch instead (rollout.real_ratio, weight 1; set that to 0 with this)."""
+    corrupt_fraction: float = 0.0
+    """Benchmark only (SPECS R-T1): fraction of the imagined transition sets (meta step and training) whose
+    samples get extra Gaussian noise of corrupt_scale x the model's std; 0 = none."""
+    corrupt_scale: float = 3.0
+    """Benchmark only: the corruption noise in units of the model's predicted std."""
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """A training run."""
 
-    algo: Literal["mbpo", "sac", "pmac", "dam"] = "mbpo"
+    algo: Literal["mbpo", "sac", "pmac", "memr", "rew", "pmac+rew", "dam"] = "mbpo"
     """Algorithm: mbpo (model-based), sac (model-free baseline), pmac (MBPO with policy-adapted model data,
-    see --pmac.*) or dam (planning, IcyRoad-v0 / Intersection-v0)."""
+    see --pmac.*), memr (one-step rollouts from max-entropy-prioritized starts, see --memr.*), rew (ReW-PE-SAC:
+    meta-learned weights on imagined transition sets, see --rew.*; --rew.weights none is PE-SAC), pmac+rew
+    (PMAC's data weights and starts with ReW's rollouts and weights) or dam (planning, IcyRoad-v0 /
+    Intersection-v0)."""
     env: str = "InvertedPendulum-v5"
-    """Environment id (see `mbrlax.envs.list_envs()`; any Gymnasium id also works)."""
+    """Environment id (see `mbrlax.envs.list_envs()`; any Gymnasium id, an id registered with
+    `mbrlax.envs.register`, or your own env as `package.module:make_env`, a function returning a
+    gymnasium.Env, imported again by resume and eval)."""
     seed: int = 0
     """Random seed."""
     total_steps: int = 5000
@@ -188,11 +267,21 @@ class TrainConfig:
     """Run directory (default: a new folder under runs/)."""
     progress: bool = True
     """Show a progress bar."""
+    termination: str | None = None
+    """Your env's termination function as `package.module:is_done`: a pure jax.numpy fn(obs, action, next_obs)
+    -> bool [N] on batched arrays, equal to the env's `terminated` (None: the preset's or registered one; model
+    rollouts never terminate without one). Checked on a random rollout before training."""
+    reward: str | None = None
+    """Your env's known reward as `package.module:reward`: a pure jax.numpy fn(obs, action, next_obs) -> float [N],
+    equal to the env's reward (action: the agent's in [-1, 1]; dam: the env's). Model rollouts use it instead of the
+    model's predicted reward; dam needs one. Checked on a random rollout before training."""
     model: ModelConfig = field(default_factory=ModelConfig)
     sac: SACConfig = field(default_factory=SACConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     dam: DAMConfig = field(default_factory=DAMConfig)
     pmac: PMACConfig = field(default_factory=PMACConfig)
+    memr: MEMRConfig = field(default_factory=MEMRConfig)
+    rew: ReWConfig = field(default_factory=ReWConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -205,7 +294,7 @@ def config_from_dict(d: dict) -> TrainConfig:
     """Inverse of `TrainConfig.to_dict` (lists become tuples)."""
     d = dict(d)
     sub = {"model": ModelConfig, "sac": SACConfig, "rollout": RolloutConfig, "dam": DAMConfig,
-           "pmac": PMACConfig}
+           "pmac": PMACConfig, "memr": MEMRConfig, "rew": ReWConfig}
     for name, cls in sub.items():
         fields = {k: tuple(v) if isinstance(v, list) else v for k, v in d.get(name, {}).items()}
         d[name] = cls(**fields)
@@ -224,6 +313,14 @@ _MBPO_TABLE = {
     "Humanoid-v5": (1000, 20, (20, 300, 1, 25), 1000, 5, -2.0, 300_000, 5000),
     "InvertedPendulum-v5": (250, 10, (1, 15, 1, 1), 250, 1, -0.05, 5000, 500),
     "InvertedDoublePendulum-v5": (250, 20, (1, 15, 1, 1), 250, 1, -0.5, 20_000, 500),
+    # The MBBL envs of ReW-PE-SAC (mbrlax/envs/mbbl.py): their base env's settings, ReW's 200k-step budget;
+    # Swimmer (no MBPO setting) like Walker2d, with SAC's default target entropy -act_dim.
+    "HopperMBBL-v0": (1000, 20, (20, 150, 1, 15), 250, 1, -1.0, 200_000, 5000),
+    "Walker2dMBBL-v0": (1000, 20, (20, 150, 1, 1), 250, 1, -3.0, 200_000, 5000),
+    "HalfCheetahMBBL-v0": (1000, 40, (20, 150, 1, 1), 250, 1, -3.0, 200_000, 5000),
+    "AntMBBL-v0": (1000, 20, (20, 100, 1, 25), 250, 1, -4.0, 200_000, 5000),
+    "SwimmerMBBL-v0": (1000, 20, (20, 150, 1, 1), 250, 1, -2.0, 200_000, 5000),
+    "SlimHumanoidMBBL-v0": (1000, 20, (20, 300, 1, 25), 1000, 5, -2.0, 200_000, 5000),
 }
 
 
@@ -245,7 +342,7 @@ def preset(env: str, algo: str = "mbpo", **overrides) -> TrainConfig:
     cfg = TrainConfig(algo=algo, env=env)
     if env in _MBPO_TABLE:
         epoch, g, sched, freq, retain, ent, budget, init = _MBPO_TABLE[env]
-        humanoid = env.startswith("Humanoid")
+        humanoid = "Humanoid" in env  # Humanoid-v5, HumanoidTruncatedObs-v5, SlimHumanoidMBBL-v0
         cfg = replace(
             cfg,
             steps_per_epoch=epoch,
@@ -273,6 +370,12 @@ def preset(env: str, algo: str = "mbpo", **overrides) -> TrainConfig:
     if algo == "pmac" and env in _PMAC_SCHEDULES:
         cfg = replace(cfg, rollout=replace(cfg.rollout, schedule=_PMAC_SCHEDULES[env]),
                       sac=replace(cfg.sac, updates_per_step=20))
+    if algo == "memr":  # Table 1: G = 5, 400 one-step rollouts per env step, agent batches from model data only
+        per_step = 100 if env.startswith("Humanoid") else 400
+        cfg = replace(cfg, sac=replace(cfg.sac, updates_per_step=5),
+                      rollout=replace(cfg.rollout, batch_size=per_step * cfg.memr.every, real_ratio=0.0))
+    # rew, pmac+rew: MBPO's settings of the env (K = G updates, 400 set-rollout starts per env step, real ratio
+    # 0.05; rollout.schedule unused, the horizon is rew.horizon); ReW's own defaults are in ReWConfig.
     if algo == "sac":  # the model-free baseline: one update per env step (SAC paper)
         cfg = replace(cfg, sac=replace(cfg.sac, updates_per_step=1))
     return replace(cfg, **overrides) if overrides else cfg
@@ -344,16 +447,50 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if cfg.algo == "pmac":
         _require(p.for_model or p.for_starts, "pmac.for_model", p.for_model,
                  "pmac.for_model and pmac.for_starts are both off (that is MBPO: use --algo mbpo)")
+    e = cfg.memr
+    _require(e.alpha >= 0, "memr.alpha", e.alpha, "must be >= 0 (0 = uniform starts, the control)")
+    for name in ("beta_start", "beta_end"):
+        _require(0 <= getattr(e, name) <= 1, f"memr.{name}", getattr(e, name), "must be in [0, 1]")
+    for name in ("every", "psi_epochs", "psi_batch_size", "psi_hidden"):
+        _require(getattr(e, name) > 0, f"memr.{name}", getattr(e, name), "must be a positive integer")
+    _require(e.psi_lr > 0, "memr.psi_lr", e.psi_lr, "must be > 0")
+    _require(e.is_norm in ("max", "mean"), "memr.is_norm", e.is_norm, "must be one of max, mean")
+    if cfg.algo == "memr":
+        _require(e.model_buffer_size >= cfg.rollout.batch_size, "memr.model_buffer_size", e.model_buffer_size,
+                 f"must hold at least one segment (rollout.batch_size={cfg.rollout.batch_size} rows)")
+    w = cfg.rew
+    _require(w.weights in ("rew", "none"), "rew.weights", w.weights, "must be one of rew, none (PE-SAC)")
+    for name in ("horizon", "samples_per_member", "meta_starts", "meta_batch", "hidden", "meta_every"):
+        _require(getattr(w, name) > 0, f"rew.{name}", getattr(w, name), "must be a positive integer")
+    for name in ("explore_scale", "inner_lr", "weight_lr", "corrupt_scale"):
+        _require(getattr(w, name) > 0, f"rew.{name}", getattr(w, name), "must be > 0")
+    _require(w.real_updates >= 0, "rew.real_updates", w.real_updates, "must be >= 0 (0 = real rows mixed in)")
+    _require(0 <= w.corrupt_fraction <= 1, "rew.corrupt_fraction", w.corrupt_fraction, "must be in [0, 1]")
+    if cfg.algo in ("rew", "pmac+rew"):
+        members = m.num_elites if w.elites_only else m.ensemble_size
+        _require(members * w.samples_per_member >= 2, "rew.samples_per_member", w.samples_per_member,
+                 f"a transition set needs >= 2 samples for its spread (members x samples = {members} x "
+                 f"{w.samples_per_member})")
+        _require(cfg.init_steps >= w.horizon, "init_steps", cfg.init_steps,
+                 f"must be >= rew.horizon={w.horizon} (the meta step replays real action sequences of that length)")
+    if cfg.algo == "pmac+rew":
+        _require(p.for_model or p.for_starts, "pmac.for_model", p.for_model,
+                 "pmac.for_model and pmac.for_starts are both off (that is ReW: use --algo rew)")
     if cfg.algo == "dam":
         from mbrlax import envs  # late: envs imports gymnasium
 
-        _require(envs.get_spec(cfg.env).reward is not None, "env", cfg.env,
-                 "dam plans with a known reward function; envs that have one: IcyRoad-v0, Intersection-v0")
+        _require(cfg.reward is not None or envs.get_spec(cfg.env).reward is not None, "env", cfg.env,
+                 "dam plans with a known reward function; envs that have one: IcyRoad-v0, Intersection-v0, "
+                 "or give your env's with --reward module:function")
     a, b, x, y = r.schedule
     _require(
         len(r.schedule) == 4 and a < b and 1 <= x and 1 <= y, "rollout.schedule", r.schedule,
         "must be [a, b, x, y] with epochs a < b and horizons x, y >= 1",
     )
+    for name in ("termination", "reward"):
+        path = getattr(cfg, name)
+        _require(path is None or len([p for p in path.split(":") if p]) == 2, name, path,
+                 f"must be 'module:function', e.g. 'my_pkg.my_envs:{'is_done' if name == 'termination' else name}'")
     _require(r.batch_size > 0, "rollout.batch_size", r.batch_size, "must be a positive integer")
     _require(r.retain_epochs > 0, "rollout.retain_epochs", r.retain_epochs, "must be a positive integer")
     _require(0 <= r.real_ratio <= 1, "rollout.real_ratio", r.real_ratio, "must be in [0, 1]")

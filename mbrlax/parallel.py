@@ -125,7 +125,10 @@ class MemberSplit:
         mask = member_mask(params)
         opt_mask = self._opt_tree(opt, opt_state, mask, False)
         home = jax.devices()[0]
-        return (jax.device_put(self._resize(params, mask, self.ensemble_size), home),
+        # Through the host: device_put keeps the mesh in the arrays' types, and every jitted consumer's outputs
+        # (rollouts, a strategy's state) would then carry it too and re-trace the next consumer once.
+        params = jax.tree.map(np.asarray, self._resize(params, mask, self.ensemble_size))
+        return (jax.device_put(params, home),
                 jax.device_put(self._resize(opt_state, opt_mask, self.ensemble_size), home))
 
     def pad_host(self, a: np.ndarray, axis: int, fill) -> np.ndarray:

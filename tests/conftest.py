@@ -1,6 +1,28 @@
 """Two host CPU devices for the whole test session, so the tests can compare model
-training split over two devices with the unsplit one (set before JAX starts)."""
+training split over two devices with the unsplit one (set before JAX starts);
+and `kill_9_during_training`, shared by the resume tests."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import mbrlax
+from mbrlax.run.metrics import read_metrics
 
 mbrlax.configure(cpu_devices=2)
+
+
+def kill_9_during_training(flags: list[str], out, rows: int, column: str = "env_steps") -> None:
+    """Start `mbrlax train FLAGS --out OUT` in a subprocess and kill -9 it once metrics.csv has `rows`
+    rows of `column` (fails if it exits first or takes over 5 minutes)."""
+    proc = subprocess.Popen([sys.executable, "-m", "mbrlax.cli", "train", *flags, "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while not ((out / "metrics.csv").exists() and len(read_metrics(out).get(column, [])) >= rows):
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.time() < deadline, f"no {rows} metrics rows within 5 minutes"
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()

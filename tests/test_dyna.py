@@ -1,11 +1,6 @@
 """End-to-end behaviour of the Dyna loop, runs, resume and bad input (tiny configs)."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,6 +17,8 @@ from mbrlax.config import ConfigError, ModelConfig, RolloutConfig, SACConfig, pr
 from mbrlax.run.checkpoint import CheckpointError
 from mbrlax.run.metrics import read_metrics
 from mbrlax.usage import ModelUsage
+
+from conftest import kill_9_during_training
 
 TINY = dict(
     total_steps=400, init_steps=100, steps_per_epoch=100, eval_episodes=1, progress=False,
@@ -94,17 +91,7 @@ def test_sac_baseline_runs_without_model(tmp_path):
 
 def test_resume_after_kill_9(tmp_path):
     out = tmp_path / "killed"
-    flags = TINY_FLAGS + ["--total-steps", "1500", "--out", str(out)]
-    proc = subprocess.Popen([sys.executable, "-m", "mbrlax.cli", "train", *flags],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if (out / "metrics.csv").exists() and len(read_metrics(out).get("env_steps", [])) >= 3:
-            break
-        assert proc.poll() is None, proc.stderr.read().decode()
-        time.sleep(0.2)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_9_during_training(TINY_FLAGS + ["--total-steps", "1500"], out, rows=3)
     run = mbrlax.resume(out)
     steps = read_metrics(out)["env_steps"]
     np.testing.assert_array_equal(steps, np.arange(100, 1501, 100))  # no gap, no duplicate

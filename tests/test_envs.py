@@ -69,7 +69,8 @@ def _transitions(env_id: str, seed: int = 0):
 
 
 def test_list_envs():
-    assert envs.list_envs() == sorted(PRESETS + ["IcyRoad-v0", "Intersection-v0"])
+    mbbl = ["AntMBBL-v0", "HalfCheetahMBBL-v0", "HopperMBBL-v0", "SlimHumanoidMBBL-v0", "SwimmerMBBL-v0", "Walker2dMBBL-v0"]
+    assert envs.list_envs() == sorted(PRESETS + ["IcyRoad-v0", "Intersection-v0"] + mbbl)
 
 
 @pytest.mark.parametrize("env_id", PRESETS)

@@ -64,6 +64,12 @@ def np_forward(params, norm_mean, norm_std, x):
     return np.stack(means), np.stack(lvs)
 
 
+def np_members(model, x):
+    """np_forward of a ModelState on inputs [B, in] shared by every member: (means, log-vars) [E, B, out]."""
+    e = model.params["layers"][0]["w"].shape[0]
+    return np_forward(model.params, model.norm_mean, model.norm_std, np.broadcast_to(x, (e,) + np.shape(x)))
+
+
 def np_nll(params, norm_mean, norm_std, x, y, w, decays):
     p = f64(params)
     mu, lv = np_forward(params, norm_mean, norm_std, x)

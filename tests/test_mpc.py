@@ -1,11 +1,6 @@
 """DAM loop (algos/mpc.py): learning on IcyRoad, run directory, resume after kill -9, CLI flags, bad input."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from dataclasses import replace
 
 import numpy as np
@@ -16,6 +11,8 @@ from mbrlax import envs
 from mbrlax.cli import main
 from mbrlax.config import ConfigError, preset
 from mbrlax.run.metrics import read_metrics
+
+from conftest import kill_9_during_training
 
 SMALL_FLAGS = ["--dam.num-sequences", "100", "--dam.num-particles", "5", "--dam.disc-steps", "300",
                "--dam.init-episodes", "3", "--dam.episodes-per-round", "2", "--eval-episodes", "5",
@@ -69,16 +66,7 @@ def test_dam_on_icyroad_beats_random_policy(tmp_path):
 def test_dam_resume_after_kill_9_matches_uninterrupted_run(tmp_path):
     flags = ["--algo", "dam", "--env", "IcyRoad-v0", "--rounds", "3", "--correction", "discriminator", *SMALL_FLAGS]
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "mbrlax.cli", "train", *flags, "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if (out / "metrics.csv").exists() and len(read_metrics(out).get("round", [])) >= 2:
-            break
-        assert proc.poll() is None, proc.stderr.read().decode()
-        time.sleep(0.1)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_9_during_training(flags, out, rows=2, column="round")
     resumed = mbrlax.resume(out)
     main(["train", *flags, "--out", str(tmp_path / "straight")])
     a, b = read_metrics(out), read_metrics(tmp_path / "straight")

@@ -1,10 +1,5 @@
 """PMAC weights (Algorithm 1, Eq. 4), their uses, the model diagnostics, and PMAC runs."""
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from dataclasses import replace
 
 import jax
@@ -24,7 +19,9 @@ from mbrlax.run.metrics import read_metrics
 from mbrlax.usage import Compose, ModelUsage, make_usage
 from mbrlax.usage.pmac import PMAC, chunk_ids, tv_distance
 
+from conftest import kill_9_during_training
 from test_dyna import TINY, TINY_FLAGS
+from test_models import np_members
 
 ALPHA, INIT, CHUNK, TOTAL = 0.9, 1000, 250, 3000
 
@@ -224,18 +221,6 @@ def test_cli_help_shows_pmac_fields(capsys):
 # --------------------------------------------------------------------------- diagnostics
 
 
-def np_forward(model, x):
-    """NumPy forward of every member: means [E, B, out]."""
-    p = jax.tree.map(np.asarray, model.params)
-    h = (x - np.asarray(model.norm_mean)) / np.asarray(model.norm_std)
-    h = np.broadcast_to(h, (len(p["layers"][0]["w"]),) + h.shape)
-    for layer in p["layers"][:-1]:
-        z = np.einsum("nbi,nio->nbo", h, layer["w"]) + layer["b"][:, None]
-        h = z / (1 + np.exp(-z))
-    out = np.einsum("nbi,nio->nbo", h, p["layers"][-1]["w"]) + p["layers"][-1]["b"][:, None]
-    return out[..., : out.shape[-1] // 2]
-
-
 def test_diagnostics_match_numpy():
     obs_dim, act_dim, n, window = 3, 2, 60, 30
     rng = np.random.default_rng(0)
@@ -267,7 +252,7 @@ def test_diagnostics_match_numpy():
     elites = [2, 0]
     target = lambda rows: np.concatenate([reward[rows, None], nxt[rows] - obs[rows]], 1)
     def mse(rows):
-        pred = np_forward(model, np.concatenate([obs[rows], act[rows]], 1))
+        pred = np_members(model, np.concatenate([obs[rows], act[rows]], 1))[0]
         return np.mean([np.mean((pred[e] - target(rows)) ** 2) for e in elites])
     np.testing.assert_allclose(float(got["model/local_error"]), mse(np.arange(n - window, n)), rtol=1e-4)
     old = np.asarray(jax.random.randint(key, (1000,), 0, n - window))
@@ -280,7 +265,7 @@ def test_diagnostics_match_numpy():
                 continue
             s = obs[r]
             for q in rows:
-                pred = np_forward(model, np.concatenate([s, act[q]])[None])[elites, 0, 1:].mean(0)
+                pred = np_members(model, np.concatenate([s, act[q]])[None])[0][elites, 0, 1:].mean(0)
                 s = s + pred
             errs.append(np.mean((s - nxt[r + h - 1]) ** 2))
         assert len(errs) > 0
@@ -317,17 +302,7 @@ def test_pmac_run_metrics_traces_and_state(tmp_path):
 
 def test_pmac_resume_after_kill_9_restores_strategy_state(tmp_path):
     out = tmp_path / "killed"
-    flags = TINY_FLAGS + ["--algo", "pmac", "--pmac.chunk-steps", "100", "--total-steps", "1500", "--out", str(out)]
-    proc = subprocess.Popen([sys.executable, "-m", "mbrlax.cli", "train", *flags],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if (out / "metrics.csv").exists() and len(read_metrics(out).get("env_steps", [])) >= 4:
-            break
-        assert proc.poll() is None, proc.stderr.read().decode()
-        time.sleep(0.2)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_9_during_training(TINY_FLAGS + ["--algo", "pmac", "--pmac.chunk-steps", "100", "--total-steps", "1500"], out, rows=4)
     cfg = mbrlax.api.load_config(out)
     obs_dim, act_dim = mbrlax.api.env_dims(cfg)
     saved, meta = load_checkpoint(out, dyna_mod.init_run_state(cfg, obs_dim, act_dim))

@@ -75,21 +75,35 @@ def q_values(critic, obs, action):
     return ensemble_apply(critic, jnp.broadcast_to(x, (2,) + x.shape))[..., 0]
 
 
+def soft_q_target(target_critic, actor, reward, next_obs, done, alpha, key, gamma: float):
+    """The soft Bellman backup r + gamma (1 - d) (min_j Qbar_j(s', a') - alpha log pi(a'|s')), a' ~ pi(.|s')
+    (no gradient reaches the actor): [B]."""
+    act_next, logp_next = sample_action(jax.lax.stop_gradient(actor), next_obs, key)
+    q_next = jnp.min(q_values(target_critic, next_obs, act_next), axis=0)
+    return reward + gamma * (1.0 - done) * (q_next - alpha * logp_next)
+
+
+def policy_loss_terms(actor, critic, obs, alpha, key):
+    """Per-sample policy loss alpha log pi(a|s) - min_j Q_j(s, a), a ~ pi(.|s) reparameterized, Q without
+    gradient: ([B], log pi [B])."""
+    act_pi, logp_pi = sample_action(actor, obs, key)
+    q_pi = jnp.min(q_values(jax.lax.stop_gradient(critic), obs, act_pi), axis=0)
+    return alpha * logp_pi - q_pi, logp_pi
+
+
 def sac_loss(params, target_critic, batch: Batch, key, cfg: SACConfig, target_entropy: float):
     """Q loss (soft Bellman residual) and policy loss, weighted per sample, and the temperature loss."""
     alpha = jnp.exp(jax.lax.stop_gradient(params["log_alpha"]))
     k_pi, k_next = jax.random.split(key)
-    act_pi, logp_pi = sample_action(params["actor"], batch.obs, k_pi)
-    act_next, logp_next = sample_action(jax.lax.stop_gradient(params["actor"]), batch.next_obs, k_next)
+    pi_terms, logp_pi = policy_loss_terms(params["actor"], params["critic"], batch.obs, alpha, k_pi)
 
-    q_next = jnp.min(q_values(target_critic, batch.next_obs, act_next), axis=0)
-    target = batch.reward + cfg.gamma * (1.0 - batch.done) * (q_next - alpha * logp_next)
+    target = soft_q_target(target_critic, params["actor"], batch.reward, batch.next_obs, batch.done, alpha, k_next,
+                           cfg.gamma)
     q = q_values(params["critic"], batch.obs, batch.action)
     q_loss = 0.5 * jnp.sum(jnp.mean(batch.q_weight * (q - jax.lax.stop_gradient(target)) ** 2, axis=1))
 
-    q_pi = jnp.min(q_values(jax.lax.stop_gradient(params["critic"]), batch.obs, act_pi), axis=0)
     pi_weight = batch.q_weight if batch.pi_weight is None else batch.pi_weight
-    pi_loss = jnp.mean(pi_weight * (alpha * logp_pi - q_pi))
+    pi_loss = jnp.mean(pi_weight * pi_terms)
     alpha_loss = -params["log_alpha"] * jnp.mean(jax.lax.stop_gradient(logp_pi) + target_entropy)
     metrics = {
         "sac/q_loss": q_loss,

@@ -36,8 +36,10 @@ from mbrlax.models.trainer import ModelTrainer
 from mbrlax.run.checkpoint import save_checkpoint
 from mbrlax.run.metrics import MetricsLogger
 from mbrlax.run.progress import ProgressBar
+from mbrlax.run.stop import StopSignals
 from mbrlax.types import Transition
 from mbrlax.usage import ModelUsage, make_usage
+from mbrlax.usage.base import model_buffer_rows
 
 TRACE_COUNTS: collections.Counter = collections.Counter()  # jitted functions traced, by name
 
@@ -55,16 +57,6 @@ class RunState:
     usage: Any = struct.field(default_factory=dict)  # the ModelUsage strategy's state
 
 
-def max_horizon(cfg: TrainConfig) -> int:
-    return max(cfg.rollout.schedule[2], cfg.rollout.schedule[3])
-
-
-def model_buffer_rows(cfg: TrainConfig, horizon: int) -> int:
-    """retain_epochs x rollouts per epoch x horizon (MBPO's model buffer size)."""
-    per_epoch = cfg.rollout.batch_size * max(1, cfg.steps_per_epoch // cfg.model.train_freq)
-    return cfg.rollout.retain_epochs * per_epoch * horizon
-
-
 def init_run_state(cfg: TrainConfig, obs_dim: int, act_dim: int, usage: ModelUsage | None = None) -> RunState:
     usage = usage or make_usage(cfg)
     k_agent, k_model = jax.random.split(jax.random.key(cfg.seed))
@@ -74,7 +66,7 @@ def init_run_state(cfg: TrainConfig, obs_dim: int, act_dim: int, usage: ModelUsa
         agent=sac_init(k_agent, obs_dim, act_dim, cfg.sac),
         model=model_init(k_model, obs_dim, act_dim, cfg.model) if mb else None,
         real=buffer_init(obs_dim, act_dim, cfg.total_steps),
-        imagined=buffer_init(obs_dim, act_dim, model_buffer_rows(cfg, max_horizon(cfg))) if mb else None,
+        imagined=buffer_init(obs_dim, act_dim, usage.imagined_capacity()) if mb else None,
         usage=usage.init(k_usage, obs_dim, act_dim),
     )
 
@@ -93,6 +85,8 @@ class Dyna:
         usage = self.usage = self.usage or make_usage(cfg)
         self.root_key = jax.random.key(cfg.seed)
         self.termination_fn = envs.termination_fn(cfg.env) if usage.uses_model else None
+        spec = envs.get_spec(cfg.env)
+        self.reward_fn = spec.reward if usage.uses_model and spec.custom else None  # your env's known reward
         self.model_trainer = ModelTrainer(cfg.model)
 
         def sample_batch(data, key):
@@ -122,7 +116,8 @@ class Dyna:
             state = state.replace(usage=usage.before_updates(state.usage, state, step_key(step, 6)))
             data = (state.real, state.imagined, window, state.usage)
             agent, metrics = sac_update(state.agent, data, step_key(step, 1))
-            return state.replace(agent=agent), metrics
+            u, agent = usage.after_updates(state.usage, state.replace(agent=agent), step_key(step, 7))
+            return state.replace(agent=agent, usage=u), metrics
 
         def act(actor, obs, step):
             return sample_action(actor, obs[None], step_key(step, 2))[0][0]
@@ -132,7 +127,9 @@ class Dyna:
             actor = state.agent.params["actor"]
             idx, extras = usage.rollout_starts(state.usage, state.real, k_start, cfg.rollout.batch_size)
             trs, valid, dis = usage.rollout(state.model, actor, gather(state.real, idx).obs, k_roll, horizon,
-                                            max_horizon(cfg), self.termination_fn)
+                                            usage.max_horizon(), self.termination_fn)
+            if self.reward_fn is not None:  # a known reward replaces the model's predicted one
+                trs = trs.replace(reward=jax.vmap(self.reward_fn)(trs.obs, trs.action, trs.next_obs))
             flat = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), trs)
             finite = jnp.all(jnp.isfinite(jnp.where(valid[..., None], trs.next_obs, 0.0)))
             finite &= jnp.all(jnp.isfinite(jnp.where(valid, trs.reward, 0.0)))
@@ -237,21 +234,22 @@ def run_loop(
     stop_at: int | None = None,
     timer: Timer | None = None,
 ) -> tuple[RunState, dict]:
-    """Run from meta["env_steps"] to cfg.total_steps (or `stop_at`), checkpointing each epoch."""
+    """Run from meta["env_steps"] to cfg.total_steps (or `stop_at`), checkpointing each epoch; on SIGTERM or
+    SIGINT, checkpoint at the end of the current env step and raise RunStopped (mbrlax/run/stop.py)."""
     cfg = dyna.cfg
     timer = timer or Timer()
     env = envs.make(cfg.env, seed=cfg.seed + meta["env_steps"])
     eval_env = envs.make(cfg.env, seed=cfg.seed + 10_000 + meta["env_steps"])
     space = env.action_space
     obs, _ = env.reset()
-    ep_return, last = 0.0, {}
+    ep_return, last = 0.0, meta.setdefault("last", {})  # the latest values of every row, kept in checkpoints
     usage = dyna.usage
     horizon = usage.rollout_horizon(max(meta["env_steps"] - cfg.init_steps, 0) // cfg.steps_per_epoch)
     updates_per_step = cfg.sac.updates_per_step
     wall0 = time.perf_counter() - meta.get("wall_time", 0.0)
     end = min(cfg.total_steps, stop_at or cfg.total_steps)
 
-    with ProgressBar(cfg.total_steps, initial=meta["env_steps"], enabled=cfg.progress) as bar:
+    with ProgressBar(cfg.total_steps, initial=meta["env_steps"], enabled=cfg.progress) as bar, StopSignals() as stop:
         while meta["env_steps"] < end:
             step = meta["env_steps"]
             loop_step = step - cfg.init_steps
@@ -267,7 +265,9 @@ def run_loop(
                 state, finite, n_new = timer("rollout", dyna.rollout, state, jnp.int32(horizon), step)
                 if not bool(finite):
                     raise NonFiniteError(f"model rollouts produced NaN/Inf at env step {step}")
+                meta["model_transitions"] = meta.get("model_transitions", 0) + int(n_new)
                 last.update({"rollout/horizon": horizon, "rollout/transitions": int(n_new),
+                             "rollout/model_transitions": meta["model_transitions"],
                              "rollout/model_buffer_size": int(state.imagined.size)})
 
             # Act in the real env.
@@ -309,9 +309,10 @@ def run_loop(
                 row.update(last)
                 if learning:
                     row.update({k: float(v) for k, v in sac_metrics.items() if k != "sac/finite"})
+                row.update(usage.metrics(state))
                 row.update({"agent/updates": meta.get("agent_updates", 0), "time/wall": wall,
                             **{f"time/{k}": v for k, v in timer.totals.items()}})
-                logger.log(_fill_columns(row, usage.uses_model, logger.header))
+                logger.log(_fill_columns(row, usage, logger.header))
                 bar.update(0, eval_return=ret)
                 meta["wall_time"] = wall
                 meta["epochs_done"] = meta.get("epochs_done", 0) + 1
@@ -321,16 +322,20 @@ def run_loop(
                 if reached:
                     print(f"mbrlax: eval_return {ret:.1f} >= stop_return {cfg.stop_return}: stopping")
                     break
+            if stop.requested and meta["env_steps"] < end:  # SIGTERM/SIGINT: the end of an env step is a safe point
+                meta["wall_time"] = time.perf_counter() - wall0
+                stop.checkpoint_and_raise(run_dir, state, meta, f"env step {meta['env_steps']} of {cfg.total_steps}")
     return state, meta
 
 
-def _fill_columns(row: dict, uses_model: bool, header: list[str] | None = None) -> dict:
+def _fill_columns(row: dict, usage: ModelUsage, header: list[str] | None = None) -> dict:
     """Fixed CSV columns from the first row on (NaN where a value is not yet known). A resumed run
     keeps its file's header (runs from before a column was added continue without it)."""
     cols = ["env_steps", "eval_return", "eval_return_std", "train/episode_return",
             "sac/q_loss", "sac/pi_loss", "sac/alpha", "sac/entropy", "sac/q_mean"]
-    if uses_model:
+    if usage.uses_model:
         cols += ["model/train_loss", "model/holdout_mse", "model/epochs", "model/train_size",
-                 *DIAGNOSTIC_COLUMNS, "rollout/horizon", "rollout/transitions", "rollout/model_buffer_size"]
-    cols += ["agent/updates", "time/wall"] + [f"time/{k}" for k in PHASES]
+                 *DIAGNOSTIC_COLUMNS, "rollout/horizon", "rollout/transitions", "rollout/model_transitions",
+                 "rollout/model_buffer_size"]
+    cols += [*usage.metric_columns, "agent/updates", "time/wall"] + [f"time/{k}" for k in PHASES]
     return {c: row.get(c, float("nan")) for c in (header or cols)}

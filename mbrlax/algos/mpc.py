@@ -35,6 +35,7 @@ from mbrlax.planners import ActionSpace, make_planner, make_value_estimator
 from mbrlax.run.checkpoint import save_checkpoint
 from mbrlax.run.metrics import MetricsLogger
 from mbrlax.run.progress import ProgressBar
+from mbrlax.run.stop import StopSignals
 
 
 @struct.dataclass
@@ -55,7 +56,7 @@ def capacity(cfg: TrainConfig) -> tuple[int, int]:
     """(transitions, episodes) the run will collect in all."""
     d = cfg.dam
     episodes = d.init_episodes + d.rounds * d.episodes_per_round
-    return episodes * envs.get_spec(cfg.env).episode_steps, episodes
+    return episodes * envs.episode_steps(cfg.env), episodes
 
 
 def env_info(cfg: TrainConfig) -> tuple[int, ActionSpace]:
@@ -182,12 +183,13 @@ COLUMNS = ["round", "env_steps", "eval_return", "eval_return_std", "train/episod
 
 
 def run_rounds(dam: DAM, state: DAMState, meta: dict, run_dir: Path, logger: MetricsLogger) -> tuple[DAMState, dict]:
-    """Algorithm 3 from meta["round"] (0 = nothing done yet) to cfg.dam.rounds; checkpoint per round."""
+    """Algorithm 3 from meta["round"] (0 = nothing done yet) to cfg.dam.rounds; checkpoint per round. On SIGTERM
+    or SIGINT, stop after the current round's checkpoint (RunStopped, mbrlax/run/stop.py)."""
     cfg, d = dam.cfg, dam.cfg.dam
     wall0 = time.perf_counter() - meta.get("wall_time", 0.0)
     totals = meta.setdefault("times", {"train": 0.0, "act": 0.0, "evaluate": 0.0})
     with ProgressBar(d.rounds + 1, initial=meta["round"], description="dam", enabled=cfg.progress,
-                     unit="rounds") as bar:
+                     unit="rounds") as bar, StopSignals() as stop:
         while meta["round"] <= d.rounds:
             r = meta["round"]
             key = jax.random.fold_in(jax.random.key(cfg.seed + 1), r)
@@ -224,4 +226,6 @@ def run_rounds(dam: DAM, state: DAMState, meta: dict, run_dir: Path, logger: Met
             meta["round"] = r + 1
             save_checkpoint(run_dir, state, meta)
             bar.update(1, eval_return=ret)
+            if stop.requested and meta["round"] <= d.rounds:  # between rounds: a safe point
+                stop.raise_stopped(run_dir, f"round {r} of {d.rounds}")
     return state, meta

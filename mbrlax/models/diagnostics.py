@@ -11,6 +11,9 @@ predicts the current policy's data before it trains on it.
 
 All shapes are fixed: the newest chunk is the last `window` rows, the global sample has
 `n_global` rows, so one compile serves the whole run.
+
+`output_errors` breaks the one-step error down per output and measures the calibration of the
+predicted variance (`mbrlax diagnose`).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from mbrlax.buffers import Buffer
-from mbrlax.models.ensemble import ModelState, forward, member_mse, model_inputs, model_targets
+from mbrlax.models.ensemble import ModelState, all_members, forward, member_mse, model_inputs, model_targets
 
 HORIZONS = (1, 5, 10)
 
@@ -34,6 +37,20 @@ def elite_mse(model: ModelState, obs, action, reward, next_obs, mask) -> jax.Arr
     x, y = model_inputs(obs, action), model_targets(obs, reward, next_obs)
     per_member = member_mse(model.params, model.norm_mean, model.norm_std, x, y, mask.astype(jnp.float32))
     return jnp.where(jnp.any(mask), jnp.mean(per_member[model.elites]), jnp.nan)
+
+
+def output_errors(model: ModelState, obs, action, reward, next_obs) -> dict:
+    """Per output [reward, next_obs - obs] over the rows [B]: `mse`, the mean over elites of each elite's
+    one-step squared error (its mean over outputs is `elite_mse`); `within_1std` / `within_2std`, the
+    fraction of targets within 1 / 2 standard deviations of the elites' mixture (mean of the elites'
+    means; variance: mean of their variances plus the variance of their means). A calibrated Gaussian
+    gives 0.683 / 0.954; less means overconfident."""
+    y = model_targets(obs, reward, next_obs)
+    mean, logvar = all_members(model, obs, action)
+    mean, var = mean[model.elites], jnp.exp(logvar[model.elites])  # [elites, B, out]
+    z = jnp.abs(y - jnp.mean(mean, 0)) / jnp.sqrt(jnp.mean(var, 0) + jnp.var(mean, 0))
+    return {"mse": jnp.mean((mean - y) ** 2, axis=(0, 1)),
+            "within_1std": jnp.mean(z <= 1.0, axis=0), "within_2std": jnp.mean(z <= 2.0, axis=0)}
 
 
 def elite_mean_step(model: ModelState, obs, action) -> jax.Array:

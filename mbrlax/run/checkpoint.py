@@ -9,11 +9,13 @@ can never disagree.
 Writes go to a temporary file in the checkpoint directory which is flushed,
 fsync'ed and then moved into place with :func:`os.replace`; the previous
 checkpoint is kept as ``ckpt.prev.npz``.  A ``kill -9`` at any moment
-therefore leaves at least one complete checkpoint on disk.
+therefore leaves at least one complete checkpoint on disk, and so does a failed write
+(a full disk): it raises CheckpointError and leaves the previous checkpoint as it was.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -115,6 +117,13 @@ def _write_npz_atomically(arrays: dict[str, np.ndarray], ckpt_dir: Path) -> Path
     return Path(tmp_name)
 
 
+def _json_scalar(value: Any) -> Any:
+    """NumPy / JAX scalars in ``meta`` as Python numbers."""
+    if np.ndim(value) == 0 and hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"checkpoint meta value {value!r} of type {type(value).__name__} is not JSON serializable")
+
+
 def save_checkpoint(run_dir: str | Path, state: Any, meta: dict) -> Path:
     """Atomically save ``state`` (a pytree) and JSON-serializable ``meta``.
 
@@ -132,11 +141,19 @@ def save_checkpoint(run_dir: str | Path, state: Any, meta: dict) -> Path:
         _, dtype, impl = _leaf_spec(leaf)
         arrays[name] = _to_numpy(leaf)
         specs[name] = {"dtype": dtype, "key_impl": impl}
-    header = json.dumps({"meta": meta, "leaves": specs}).encode()
+    header = json.dumps({"meta": meta, "leaves": specs}, default=_json_scalar).encode()
     arrays[_HEADER] = np.frombuffer(header, dtype=np.uint8)
 
-    tmp = _write_npz_atomically(arrays, ckpt_dir)
     ckpt, prev = ckpt_dir / CKPT_NAME, ckpt_dir / PREV_NAME
+    try:
+        tmp = _write_npz_atomically(arrays, ckpt_dir)
+    except OSError as e:
+        full = " (the disk is full)" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+        kept = f"the previous checkpoint {ckpt} is intact" if ckpt.exists() else "no checkpoint was saved before"
+        raise CheckpointError(
+            f"could not write a checkpoint in {ckpt_dir}: {e.strerror or e}{full}; {kept}; free space and "
+            f"continue with `mbrlax resume {run_dir}`"
+        ) from e
     if ckpt.exists():
         os.replace(ckpt, prev)
     os.replace(tmp, ckpt)

@@ -15,6 +15,15 @@ METRICS_NAME = "metrics.csv"
 STEP_KEY = "env_steps"
 
 
+class MetricsError(ValueError):
+    """metrics.csv is unreadable, corrupt or incomplete, or cannot be written."""
+
+
+def _move_aside(path: Path) -> str:
+    return (f"move it aside (mv {path} {path}.bad) and resume again: a new {path.name} starts at the "
+            "checkpoint, the old rows stay in the .bad file")
+
+
 def _metrics_path(path_or_run_dir: str | Path) -> Path:
     """``metrics.csv`` inside a run directory, or the given file path itself."""
     path = Path(path_or_run_dir)
@@ -51,8 +60,11 @@ def _parse_cell(text: str) -> float:
 
 def _read_rows(path: Path) -> tuple[list[str], list[list[str]]]:
     """Header and data rows of a CSV file (an empty file has an empty header)."""
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+    except (csv.Error, UnicodeDecodeError) as e:
+        raise MetricsError(f"{path} is corrupt, not a CSV file of metrics ({type(e).__name__}: {e})") from e
     return (rows[0], rows[1:]) if rows else ([], [])
 
 
@@ -71,18 +83,33 @@ def read_metrics(path_or_run_dir: str | Path) -> dict[str, np.ndarray]:
     return {name: columns[:, i] for i, name in enumerate(header)}
 
 
-def _truncate_after(path: Path, resume_step: int) -> list[str]:
-    """Atomically drop rows with ``env_steps > resume_step`` (and partial rows).
+def _truncate_after(path: Path, resume_step: int, complete_to: int | None = None) -> list[str]:
+    """Atomically drop rows with ``env_steps > resume_step`` (and a partial last row, as a kill leaves).
 
-    Returns the existing header (empty if the file has none).
+    Returns the existing header (empty if the file has none). Raises MetricsError for a file that is
+    corrupt (no ``env_steps`` column, a malformed row before the last) or, with ``complete_to``,
+    whose rows end before that step (rows the checkpoint implies are missing).
     """
-    header, rows = _read_rows(path)
+    try:
+        header, rows = _read_rows(path)
+    except MetricsError as e:
+        raise MetricsError(f"{e}; {_move_aside(path)}") from None
     if not header:
         return []
-    step_col = header.index(STEP_KEY) if STEP_KEY in header else None
-    kept = [row for row in rows
-            if step_col is not None and len(row) == len(header)
-            and _parse_cell(row[step_col]) <= resume_step]
+    if STEP_KEY not in header:
+        raise MetricsError(f"{path} is corrupt: its header has no {STEP_KEY!r} column (it starts "
+                           f"{','.join(header)[:80]!r}); {_move_aside(path)}")
+    step_col = header.index(STEP_KEY)
+    whole = [len(row) == len(header) and not math.isnan(_parse_cell(row[step_col])) for row in rows]
+    bad = [i for i, ok in enumerate(whole[:-1]) if not ok]
+    if bad:
+        raise MetricsError(f"{path} is corrupt: line {bad[0] + 2} has {len(rows[bad[0]])} cells for "
+                           f"{len(header)} columns or no {STEP_KEY}; {_move_aside(path)}")
+    kept = [row for row, ok in zip(rows, whole) if ok and _parse_cell(row[step_col]) <= resume_step]
+    last = _parse_cell(kept[-1][step_col]) if kept else 0
+    if complete_to is not None and last < complete_to:
+        raise MetricsError(f"{path} is incomplete: its rows end at {STEP_KEY}={last:g}, but rows up to {complete_to} "
+                           f"were logged before the last checkpoint (was the file cut?); {_move_aside(path)}")
     fd, tmp = tempfile.mkstemp(prefix=".metrics-", suffix=".csv", dir=path.parent)
     with os.fdopen(fd, "w", newline="") as f:
         csv.writer(f).writerows([header, *kept])
@@ -101,16 +128,18 @@ class MetricsLogger:
     fsync'ed.  With ``resume_step``, rows logged after that step (i.e. after
     the last checkpoint) are dropped from an existing file and logging
     continues with its header; without it, an existing file is overwritten.
+    ``complete_to``: on resume, the step the kept rows must reach (MetricsError if
+    the file is corrupt or misses rows; a missing file starts anew).
     """
 
     def __init__(self, run_dir: str | Path, resume_step: int | None = None,
-                 tensorboard: bool = True):
+                 tensorboard: bool = True, complete_to: int | None = None):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / METRICS_NAME
         self.header: list[str] = []
         if resume_step is not None and self.path.is_file():
-            self.header = _truncate_after(self.path, resume_step)
+            self.header = _truncate_after(self.path, resume_step, complete_to)
         self._file = open(self.path, "a" if self.header else "w", newline="")
         self._writer = csv.writer(self._file)
         self._tb = self._make_tb_writer(resume_step) if tensorboard else None
@@ -133,12 +162,16 @@ class MetricsLogger:
 
     def _write_csv(self, row: dict[str, Any]) -> None:
         """Append one row (writing the header first if needed), flush and fsync."""
-        if not self.header:
-            self.header = list(row)
-            self._writer.writerow(self.header)
-        self._writer.writerow([_format_cell(row.get(key)) for key in self.header])
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        try:
+            if not self.header:
+                self._writer.writerow(list(row))
+            self._writer.writerow([_format_cell(row.get(key)) for key in self.header or row])
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as e:
+            raise MetricsError(f"could not write {self.path}: {e.strerror or e}; the run stops here: free space "
+                               f"and continue with `mbrlax resume {self.run_dir}`") from e
+        self.header = self.header or list(row)
 
     def _write_tb(self, row: dict[str, Any]) -> None:
         """Write each numeric value of the row (nan means missing) as a TensorBoard scalar."""

@@ -31,8 +31,32 @@ def _pmac(cfg: TrainConfig) -> ModelUsage:
     return PMAC(cfg)
 
 
+def _memr(cfg: TrainConfig) -> ModelUsage:
+    from mbrlax.usage.memr import MEMR
+
+    return MEMR(cfg)
+
+
+def _rew(cfg: TrainConfig) -> ModelUsage:
+    from mbrlax.usage.rew import ReW
+
+    return ReW(cfg)
+
+
+def _pmac_rew(cfg: TrainConfig) -> ModelUsage:
+    """PMAC's model-data weights and rollout starts, ReW's set rollouts, meta step and transition weights."""
+    from mbrlax.usage.pmac import PMAC
+    from mbrlax.usage.rew import ReW
+
+    pmac, rew = PMAC(cfg), ReW(cfg)
+    return Compose(cfg, data=pmac, starts=pmac, rollouts=rew, agent=rew)
+
+
 register("mbpo", ModelUsage)
 register("sac", ModelFree)
 register("pmac", _pmac)
+register("memr", _memr)
+register("rew", _rew)
+register("pmac+rew", _pmac_rew)
 
 __all__ = ["REGISTRY", "Compose", "ModelFree", "ModelUsage", "make_usage", "register"]

@@ -10,10 +10,12 @@ must keep shapes fixed (no retraces).
     per model round        on_model_round        (traced, before the model trains)
                            real_data_weights     (traced -> [capacity] probabilities or None)
                            model_train_args      (host: how the trainer uses the weights)
-    rollouts               rollout_due / rollout_horizon (host), rollout_starts, rollout,
-                           after_rollout         (traced)
+    rollouts               rollout_due / rollout_horizon / max_horizon / imagined_capacity (host),
+                           rollout_starts, rollout, after_rollout (traced)
     per env step, agent    before_updates        (traced, before the G updates)
                            agent_batch -> Batch(q_weight, pi_weight)  (traced, inside the SAC scan)
+                           after_updates -> (usage, agent)  (traced, after the G updates)
+    per epoch              metrics               (host: the strategy's columns of the metrics row)
 """
 
 from __future__ import annotations
@@ -31,6 +33,12 @@ from mbrlax.rollout import branched_rollout
 from mbrlax.types import Batch
 
 Usage = Any  # a strategy's state pytree
+
+
+def model_buffer_rows(cfg: TrainConfig, horizon: int) -> int:
+    """retain_epochs x rollouts per epoch x horizon (MBPO's model buffer size)."""
+    per_epoch = cfg.rollout.batch_size * max(1, cfg.steps_per_epoch // cfg.model.train_freq)
+    return cfg.rollout.retain_epochs * per_epoch * horizon
 
 
 class ModelUsage:
@@ -76,6 +84,14 @@ class ModelUsage:
         """Rollout horizon at this epoch (host): MBPO's linear schedule."""
         return rollout_horizon(self.cfg.rollout.schedule, epoch)
 
+    def max_horizon(self) -> int:
+        """The longest horizon of the run: the rollout arrays' depth (host)."""
+        return max(self.cfg.rollout.schedule[2], self.cfg.rollout.schedule[3])
+
+    def imagined_capacity(self) -> int:
+        """Rows of the model buffer (host): MBPO's retain_epochs of rollouts at the longest horizon."""
+        return model_buffer_rows(self.cfg, self.max_horizon())
+
     def rollout_starts(self, usage: Usage, real: Buffer, key, n: int) -> tuple[jax.Array, Any]:
         """(indices [n] of the start states in `real`, extras passed to after_rollout, e.g. IS weights) (traced)."""
         return sample_indices(real, key, n), None
@@ -94,6 +110,11 @@ class ModelUsage:
         """Once per env step before the G agent updates; `state` is the RunState (traced)."""
         return usage
 
+    def after_updates(self, usage: Usage, state, key) -> tuple[Usage, Any]:
+        """Once per env step after the G agent updates (traced): (usage, agent), where the agent may be
+        updated further (ReW: updates on real transitions); `state` is the RunState after the updates."""
+        return usage, state.agent
+
     def real_batch_size(self) -> int:
         """Real rows per agent minibatch (MBPO: real_ratio of the batch)."""
         return int(self.cfg.sac.batch_size * self.cfg.rollout.real_ratio)
@@ -101,18 +122,41 @@ class ModelUsage:
     def agent_batch(self, usage: Usage, real: Buffer, imagined: Buffer | None, window, key) -> Batch:
         """One agent minibatch (traced, inside the SAC scan): real rows first, then model rows of the
         most recent `window` rows, with the weights of `sample_weights`."""
+        real_idx, model_idx = self.agent_rows(real, imagined, window, key)
+        batch = minibatch(real, imagined, real_idx, model_idx)
+        is_real = jnp.arange(self.cfg.sac.batch_size) < real_idx.shape[0]
+        q_weight, pi_weight = self.sample_weights(usage, batch, is_real)
+        return Batch(**vars(batch), q_weight=q_weight, pi_weight=pi_weight)
+
+    def agent_rows(self, real: Buffer, imagined: Buffer | None, window, key) -> tuple[jax.Array, jax.Array]:
+        """Helper of `agent_batch` (traced): the minibatch's row indices, [n_real] uniform in `real` and
+        [batch - n_real] uniform among the `window` newest rows of `imagined` (empty without model rows)."""
         bs, n_real = self.cfg.sac.batch_size, self.real_batch_size()
         k_real, k_model = jax.random.split(key)
-        batch = gather(real, sample_indices(real, k_real, n_real))
-        if n_real < bs:
-            fake = gather(imagined, sample_indices(imagined, k_model, bs - n_real, window))
-            batch = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), batch, fake)
-        q_weight, pi_weight = self.sample_weights(usage, batch, jnp.arange(bs) < n_real)
-        return Batch(**vars(batch), q_weight=q_weight, pi_weight=pi_weight)
+        real_idx = sample_indices(real, k_real, n_real)
+        if n_real == bs:
+            return real_idx, jnp.zeros(0, jnp.int32)
+        return real_idx, sample_indices(imagined, k_model, bs - n_real, window)
 
     def sample_weights(self, usage: Usage, batch, is_real) -> tuple[jax.Array, jax.Array | None]:
         """(Q-loss weights [B], policy-loss weights [B] or None = the Q weights) (traced)."""
         return jnp.ones_like(batch.reward), None
+
+    # ---- logging
+    metric_columns: tuple[str, ...] = ()
+    """The strategy's own columns of metrics.csv (filled by `metrics`)."""
+
+    def metrics(self, state) -> dict[str, float]:
+        """The strategy's metrics at an epoch end, from the RunState `state` (host)."""
+        return {}
+
+
+def minibatch(real: Buffer, imagined: Buffer | None, real_idx: jax.Array, model_idx: jax.Array):
+    """The transitions of real rows `real_idx` followed by model rows `model_idx` (traced)."""
+    batch = gather(real, real_idx)
+    if model_idx.shape[0]:
+        batch = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), batch, gather(imagined, model_idx))
+    return batch
 
 
 class ModelFree(ModelUsage):
@@ -127,8 +171,9 @@ class ModelFree(ModelUsage):
 GROUPS = {
     "data": ("on_model_round", "real_data_weights", "model_train_args"),
     "starts": ("rollout_starts",),
-    "rollouts": ("rollout_due", "rollout_horizon", "rollout", "after_rollout", "with_disagreement"),
-    "agent": ("before_updates", "real_batch_size", "agent_batch", "sample_weights"),
+    "rollouts": ("rollout_due", "rollout_horizon", "max_horizon", "imagined_capacity", "rollout", "after_rollout",
+                 "with_disagreement"),
+    "agent": ("before_updates", "after_updates", "real_batch_size", "agent_batch", "sample_weights"),
 }
 
 
@@ -155,6 +200,7 @@ class Compose(ModelUsage):
                 self.parts.append(part)
         self.uses_model = all(p.uses_model for p in self.parts)
         self.with_disagreement = self.owner["rollouts"].with_disagreement
+        self.metric_columns = tuple(dict.fromkeys(c for p in self.parts for c in p.metric_columns))
 
     def _slot(self, group: str) -> tuple[ModelUsage, int]:
         part = self.owner[group]
@@ -191,6 +237,12 @@ class Compose(ModelUsage):
     def rollout_horizon(self, epoch):
         return self.owner["rollouts"].rollout_horizon(epoch)
 
+    def max_horizon(self):
+        return self.owner["rollouts"].max_horizon()
+
+    def imagined_capacity(self):
+        return self.owner["rollouts"].imagined_capacity()
+
     def rollout_starts(self, usage, real, key, n):
         return self._call("starts", "rollout_starts", usage, real, key, n)[2]
 
@@ -205,6 +257,10 @@ class Compose(ModelUsage):
         _, i, u = self._call("agent", "before_updates", usage, state, key)
         return self._put(usage, i, u)
 
+    def after_updates(self, usage, state, key):
+        _, i, (u, agent) = self._call("agent", "after_updates", usage, state, key)
+        return self._put(usage, i, u), agent
+
     def real_batch_size(self):
         return self.owner["agent"].real_batch_size()
 
@@ -213,3 +269,9 @@ class Compose(ModelUsage):
 
     def sample_weights(self, usage, batch, is_real):
         return self._call("agent", "sample_weights", usage, batch, is_real)[2]
+
+    def metrics(self, state):
+        out = {}
+        for i, p in enumerate(self.parts):
+            out.update(p.metrics(state.replace(usage=state.usage[i])))
+        return out

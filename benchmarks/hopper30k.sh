@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Hopper-v5 to 30k env steps, 5 deterministic evaluation episodes every 1000 steps, for the
+# model-usage comparisons: PMAC vs MBPO (issue 10, experiment 2; the ablations of experiment 3)
+# and MEMR vs MBPO vs uniform-start MEMR (issue 11, experiment 1). The MBPO runs serve both.
+#
+# Variants: mbpo, sac, pmac, pmac-model-only, pmac-starts-only, memr, memr-uniform (--memr.alpha 0).
+# Jobs go seed by seed (every variant's seed 0 first) to whichever core in CORES is free, one run
+# per core at a time, each pinned with taskset and niced. A run directory that holds a checkpoint is
+# continued with `mbrlax resume`, a finished one is skipped, and one that another process is
+# writing is waited for, so re-running the script (e.g. in a new session) resumes everything.
+#
+#   bash benchmarks/hopper30k.sh                                   # everything, on cores 0 and 1
+#   VARIANTS="memr memr-uniform" SEEDS="0" CORES="1" bash benchmarks/hopper30k.sh
+#   TOTAL=300 EXTRA="--init-steps 200 --steps-per-epoch 100 --model.train-freq 100" OUT=/tmp/smoke \
+#       VARIANTS="pmac memr" SEEDS=0 bash benchmarks/hopper30k.sh  # smoke check
+# Summary and curves afterwards (results/ holds the committed ones):
+#   python benchmarks/summarize.py --group --steps 10000,20000,30000 --mean-between 10000,30000 $OUT/hopper30k_*
+#   mbrlax plot $OUT/hopper30k_* -o results/hopper30k.png
+set -euo pipefail
+OUT=${OUT:-/work/runs}
+TOTAL=${TOTAL:-30000}
+SEEDS=${SEEDS:-"0 1 2"}
+VARIANTS=${VARIANTS:-"pmac mbpo memr memr-uniform pmac-model-only pmac-starts-only"}
+CORES=${CORES:-"0 1"}
+EXTRA=${EXTRA:-}
+
+variant_flags() {
+  case $1 in
+    pmac-model-only) echo "--algo pmac --pmac.no-for-starts" ;;
+    pmac-starts-only) echo "--algo pmac --pmac.no-for-model" ;;
+    memr-uniform) echo "--algo memr --memr.alpha 0" ;;
+    mbpo|sac|pmac|memr) echo "--algo $1" ;;
+    *) echo "unknown variant $1" >&2; exit 2 ;;
+  esac
+}
+
+finished() {  # dir: metrics reach TOTAL
+  python - "$1" "$TOTAL" <<'EOF'
+import sys
+from mbrlax.run.metrics import read_metrics
+m = read_metrics(sys.argv[1])
+sys.exit(0 if len(m.get("env_steps", [])) and m["env_steps"][-1] >= int(sys.argv[2]) else 1)
+EOF
+}
+
+run_one() {  # core variant seed
+  local core=$1 variant=$2 seed=$3 dir="$OUT/hopper30k_${2}_s${3}"
+  while pgrep -f -- "$dir( |$)" > /dev/null; do sleep 60; done  # written by another process
+  if [[ -f "$dir/checkpoints/ckpt.npz" || -f "$dir/checkpoints/ckpt.prev.npz" ]]; then
+    if finished "$dir"; then echo "done: $dir"; return; fi
+    echo "resume: $dir (core $core)"
+    nice -n 5 taskset -c "$core" mbrlax resume "$dir" >> "$dir.log" 2>&1 || echo "FAILED: $dir (see $dir.log)"
+  else
+    echo "train: $dir (core $core)"
+    mkdir -p "$OUT"
+    # shellcheck disable=SC2046,SC2086
+    nice -n 5 taskset -c "$core" mbrlax train --env Hopper-v5 $(variant_flags "$variant") --seed "$seed" \
+      --total-steps "$TOTAL" --eval-episodes 5 --no-progress --out "$dir" $EXTRA > "$dir.log" 2>&1 \
+      || echo "FAILED: $dir (see $dir.log)"
+  fi
+}
+
+jobs=()
+for seed in $SEEDS; do for v in $VARIANTS; do variant_flags "$v" > /dev/null; jobs+=("$v $seed"); done; done
+claims="$OUT/.claims.$$"  # a worker takes a job by creating its claim (mkdir is atomic)
+mkdir -p "$claims"
+trap 'rm -rf "$claims"' EXIT
+for core in $CORES; do
+  (
+    for job in "${jobs[@]}"; do
+      if mkdir "$claims/${job// /_}" 2> /dev/null; then run_one "$core" $job; fi
+    done
+  ) &
+done
+wait
