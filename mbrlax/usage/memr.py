@@ -58,17 +58,21 @@ def pre_tanh(action):
     return jnp.arctanh(jnp.clip(action, -ACTION_CLIP, ACTION_CLIP))
 
 
+def z_scores(psi, obs, action):
+    """(z, log std) of the pre-tanh actions under pi_psi: z = (atanh(a) - mu) / sigma, [n, d] each."""
+    mean, log_std = psi_gaussian(psi, obs)
+    return (pre_tanh(action) - mean) * jnp.exp(-log_std), log_std
+
+
 def psi_nll(psi, obs, action):
     """Per-row negative log-likelihood of the pre-tanh actions under pi_psi: [n]."""
-    mean, log_std = psi_gaussian(psi, obs)
-    z = (pre_tanh(action) - mean) * jnp.exp(-log_std)
+    z, log_std = z_scores(psi, obs, action)
     return jnp.sum(0.5 * z**2 + log_std + 0.5 * jnp.log(2 * jnp.pi), axis=-1)
 
 
 def priority(psi, obs, action):
     """Eq. 4 per row (SPECS B1): 0.5 mean_d z_d^2, clipped: [n]."""
-    mean, log_std = psi_gaussian(psi, obs)
-    z = (pre_tanh(action) - mean) * jnp.exp(-log_std)
+    z, _ = z_scores(psi, obs, action)
     return jnp.clip(0.5 * jnp.mean(z**2, axis=-1), *PRIORITY_CLIP)
 
 
