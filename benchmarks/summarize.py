@@ -13,7 +13,6 @@ updates and the wall time per 1000 env steps split by phase; --csv also writes t
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import re
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from mbrlax.run.metrics import read_metrics
+from mbrlax.run.summary import PHASES, eval_keys, fmt, group_rows, run_values, write_csv
 
 
 def main() -> None:
@@ -65,75 +65,26 @@ def main() -> None:
         print(f"| {Path(run).name} | {cfg['algo']} | {cfg['seed']} | " + " | ".join(row) + " |")
 
 
-PHASES = ("agent_update", "model_train", "rollout", "env_step", "evaluate", "checkpoint")
-
-
-def mean_se(values) -> tuple[float, float, int]:
-    v = np.asarray([x for x in values if np.isfinite(x)], float)
-    if not len(v):
-        return float("nan"), float("nan"), 0
-    return float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan"), len(v)
-
-
-def fmt(m: float, se: float, n: int) -> str:
-    if n == 0:
-        return "-"
-    return f"{m:.0f}" if n == 1 else f"{m:.0f} ± {se:.0f}"
-
-
-def per_seed(m: dict, steps: list[int], window) -> dict:
-    """One run's values: evals at the steps, the window mean, updates and phase time per 1k steps."""
-    out = {}
-    for s in steps:
-        hit = m["env_steps"] == s
-        out[f"eval_{s}"] = float(m["eval_return"][hit][0]) if hit.any() else float("nan")
-    if window:
-        sel = (m["env_steps"] >= window[0]) & (m["env_steps"] <= window[1])
-        full = sel.any() and m["env_steps"][-1] >= window[1]
-        out["window_mean"] = float(m["eval_return"][sel].mean()) if full else float("nan")
-    per_1k = 1000.0 / m["env_steps"][-1]
-    out["agent_updates"] = float(m["agent/updates"][-1]) if "agent/updates" in m else float("nan")
-    for ph in PHASES:
-        col = m.get(f"time/{ph}")
-        out[f"s_per_1k_{ph}"] = float(np.nan_to_num(col[-1])) * per_1k if col is not None else float("nan")
-    out["s_per_1k_total"] = float(m["time/wall"][-1]) * per_1k if "time/wall" in m else float("nan")
-    return out
-
-
 def grouped(args) -> None:
     groups: dict[str, list[dict]] = {}
     for run in args.runs:
         if not (Path(run) / "config.json").is_file():
             print(f"(skipped {run}: not a run directory)", file=sys.stderr)
             continue
-        m = read_metrics(run)
-        v = per_seed(m, args.steps, args.mean_between)
-        v["last_step"] = int(m["env_steps"][-1])
-        groups.setdefault(re.sub(r"_s\d+$", "", Path(run).name), []).append(v)
+        values = run_values(read_metrics(run), args.steps, args.mean_between)
+        groups.setdefault(re.sub(r"_s\d+$", "", Path(run).name), []).append(values)
     lo_hi = f"{args.mean_between[0] // 1000}k-{args.mean_between[1] // 1000}k" if args.mean_between else None
     cols = [f"{s // 1000}k" for s in args.steps] + ([f"mean {lo_hi}"] if lo_hi else [])
     print("| variant | seeds (last step) | " + " | ".join(cols) + " | agent updates | s per 1k steps (SAC / model / rollouts) |")
     print("|---" * (4 + len(cols)) + "|")
-    rows = []
-    for name, runs in groups.items():
-        keys = [f"eval_{s}" for s in args.steps] + (["window_mean"] if lo_hi else [])
-        cells = [fmt(*mean_se(r[k] for r in runs)) for k in keys]
-        t = {ph: mean_se(r[f"s_per_1k_{ph}"] for r in runs)[0] for ph in PHASES + ("total",)}
-        upd = mean_se(r["agent_updates"] for r in runs)[0]
-        steps = ", ".join(str(r["last_step"]) for r in runs)
-        print(f"| {name} | {len(runs)} ({steps}) | " + " | ".join(cells)
-              + f" | {upd:.0f} | {t['total']:.0f} ({t['agent_update']:.0f} / {t['model_train']:.0f} / {t['rollout']:.0f}) |")
-        row = {"variant": name, "seeds": len(runs), "last_steps": steps}
-        for k in keys + ["agent_updates"] + [f"s_per_1k_{ph}" for ph in PHASES + ("total",)]:
-            mean, se, n = mean_se(r[k] for r in runs)
-            row[k], row[f"{k}_se"], row[f"{k}_n"] = mean, se, n
-        rows.append(row)
+    rows = group_rows(groups, args.steps, args.mean_between)
+    for row in rows:
+        cells = [fmt(row[k], row[f"{k}_se"], row[f"{k}_n"]) for k in eval_keys(args.steps, args.mean_between)]
+        t = {ph: row[f"s_per_1k_{ph}"] for ph in PHASES + ("total",)}
+        print(f"| {row['variant']} | {row['seeds']} ({row['last_steps']}) | " + " | ".join(cells)
+              + f" | {row['agent_updates']:.0f} | {t['total']:.0f} ({t['agent_update']:.0f} / {t['model_train']:.0f} / {t['rollout']:.0f}) |")
     if args.csv and rows:
-        Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.csv, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+        write_csv(rows, args.csv)
         print(f"wrote {args.csv}", file=sys.stderr)
 
 

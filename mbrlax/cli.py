@@ -1,4 +1,4 @@
-"""Command line: `mbrlax {train,resume,eval,diagnose,plot,bench}`.
+"""Command line: `mbrlax {train,resume,eval,diagnose,plot,bench,sweep}`.
 
 `mbrlax train` takes every TrainConfig field as a flag (`--total-steps`,
 `--sac.updates-per-step`, ...); defaults come from the paper preset of the
@@ -16,7 +16,7 @@ from typing import Annotated
 
 import tyro
 
-USAGE = """usage: mbrlax {train,resume,eval,diagnose,plot,bench} [--help]
+USAGE = """usage: mbrlax {train,resume,eval,diagnose,plot,bench,sweep} [--help]
 
   train    train an agent (default: MBPO on InvertedPendulum-v5)
   resume   continue a stopped or killed run from its last checkpoint
@@ -24,6 +24,7 @@ USAGE = """usage: mbrlax {train,resume,eval,diagnose,plot,bench} [--help]
   diagnose the saved model's errors and calibration on held-out real data (PNG and CSV)
   plot     learning curves of one or more runs (mean and spread over seeds)
   bench    seconds per 1000 env steps at MBPO's settings, split by phase
+  sweep    a grid of algos x envs x seeds x --set overrides on Ray (again: continues it), summary.csv
 """
 
 
@@ -139,13 +140,21 @@ def cmd_bench(argv: list[str]) -> None:
     bench(tyro.cli(BenchArgs, args=argv, prog="mbrlax bench"))
 
 
+def cmd_sweep(argv: list[str]) -> None:
+    from mbrlax.sweep import main as sweep
+
+    status = sweep(argv)
+    if status:  # a trial failed
+        sys.exit(status)
+
+
 def _print_summary(run) -> None:
     m = run.metrics
     print(f"done: {run.run_dir}  env_steps={int(m['env_steps'][-1])}  eval_return={m['eval_return'][-1]:.1f}")
 
 
 COMMANDS = {"train": cmd_train, "resume": cmd_resume, "eval": cmd_eval, "diagnose": cmd_diagnose,
-            "plot": cmd_plot, "bench": cmd_bench}
+            "plot": cmd_plot, "bench": cmd_bench, "sweep": cmd_sweep}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,6 +1,8 @@
 """Two host CPU devices for the whole test session, so the tests can compare model
 training split over two devices with the unsplit one (set before JAX starts);
-and `kill_9_during_training`, shared by the resume tests."""
+the slow learning tests first (with `pytest -n 2` they then overlap the short ones
+instead of running alone at the end); and `kill_9_during_training`, shared by the
+resume tests."""
 
 import os
 import signal
@@ -12,6 +14,10 @@ import mbrlax
 from mbrlax.run.metrics import read_metrics
 
 mbrlax.configure(cpu_devices=2)
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: otherwise in file order
 
 
 def kill_9_during_training(flags: list[str], out, rows: int, column: str = "env_steps") -> None:

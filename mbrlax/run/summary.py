@@ -1,0 +1,88 @@
+"""Mean +- standard error over seeds of runs' eval returns at given env steps and over a window of steps,
+with their agent updates and wall time per 1000 env steps (`mbrlax sweep`, benchmarks/summarize.py --group).
+
+    values = [run_values(read_metrics(d), steps, window) for d in run_dirs_of_one_setting]
+    rows = group_rows({"setting A": values, ...}, steps, window)   # one dict per setting
+    write_csv(rows, "summary.csv")
+
+A row holds, for every value `k` (`eval_<step>`, `window_mean`, `agent_updates`, `s_per_1k_<phase>`), its mean
+over seeds `k`, standard error `k_se` (nan for one seed) and the number of seeds that have it `k_n`.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+PHASES = ("agent_update", "model_train", "rollout", "env_step", "evaluate", "checkpoint")
+
+
+def mean_se(values) -> tuple[float, float, int]:
+    """Mean, standard error and count of the finite values (nan, nan, 0 for none; s.e. nan for one)."""
+    v = np.asarray([x for x in values if np.isfinite(x)], float)
+    if not len(v):
+        return float("nan"), float("nan"), 0
+    return float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan"), len(v)
+
+
+def fmt(m: float, se: float, n: int) -> str:
+    """`mean ± s.e.` as table text (`-` without values, the mean alone for one)."""
+    if n == 0:
+        return "-"
+    return f"{m:.0f}" if n == 1 else f"{m:.0f} ± {se:.0f}"
+
+
+def per_seed(m: dict, steps: list[int], window) -> dict:
+    """One run's values: evals at the steps, the window mean, updates and phase time per 1k steps.
+
+    The window mean (`window` = (A, B)) is nan unless the run reached step B."""
+    out = {}
+    for s in steps:
+        hit = m["env_steps"] == s
+        out[f"eval_{s}"] = float(m["eval_return"][hit][0]) if hit.any() else float("nan")
+    if window:
+        sel = (m["env_steps"] >= window[0]) & (m["env_steps"] <= window[1])
+        full = sel.any() and m["env_steps"][-1] >= window[1]
+        out["window_mean"] = float(m["eval_return"][sel].mean()) if full else float("nan")
+    per_1k = 1000.0 / m["env_steps"][-1]
+    out["agent_updates"] = float(m["agent/updates"][-1]) if "agent/updates" in m else float("nan")
+    for ph in PHASES:
+        col = m.get(f"time/{ph}")
+        out[f"s_per_1k_{ph}"] = float(np.nan_to_num(col[-1])) * per_1k if col is not None else float("nan")
+    out["s_per_1k_total"] = float(m["time/wall"][-1]) * per_1k if "time/wall" in m else float("nan")
+    return out
+
+
+def run_values(m: dict, steps: list[int], window) -> dict:
+    """`per_seed` of a run's metrics (at least one row) and its last env step."""
+    return {**per_seed(m, steps, window), "last_step": int(m["env_steps"][-1])}
+
+
+def eval_keys(steps: list[int], window) -> list[str]:
+    """The eval values of a row: one per step, then the window mean."""
+    return [f"eval_{s}" for s in steps] + (["window_mean"] if window else [])
+
+
+def group_rows(groups: dict[str, list[dict]], steps: list[int], window, label: str = "variant") -> list[dict]:
+    """One row per group of `run_values` dicts: `{label: name, seeds, last_steps, k, k_se, k_n, ...}`."""
+    rows = []
+    for name, runs in groups.items():
+        row = {label: name, "seeds": len(runs), "last_steps": ", ".join(str(r["last_step"]) for r in runs)}
+        for k in eval_keys(steps, window) + ["agent_updates"] + [f"s_per_1k_{ph}" for ph in PHASES + ("total",)]:
+            mean, se, n = mean_se(r[k] for r in runs)
+            row[k], row[f"{k}_se"], row[f"{k}_n"] = mean, se, n
+        rows.append(row)
+    return rows
+
+
+def write_csv(rows: list[dict], path: str | Path) -> Path:
+    """The rows as a CSV file (columns: the first row's keys)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path
