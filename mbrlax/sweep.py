@@ -63,6 +63,7 @@ from typing import Annotated, Any, Iterator, Literal
 import tyro
 
 from mbrlax.config import ALGOS, ConfigError, TrainConfig, config_from_dict, preset, validate
+from mbrlax.parallel import usable_cores
 
 SWEEP_NAME = "sweep.json"
 SUMMARY_NAME = "summary.csv"
@@ -849,7 +850,7 @@ def run_sweep(out: str | Path, algo: str | list[str] = "mbpo", env: str | list[s
     steps = parse_ints(steps, "--steps")
     trials = grid.trials()
     configs = trial_configs(trials)
-    cores = len(os.sched_getaffinity(0))
+    cores = usable_cores()
     if not address and (trials_per_node or 1) * cpus_per_trial > cores:
         raise SweepError(f"--trials-per-node {trials_per_node or 1} x --cpus-per-trial {cpus_per_trial} needs "
                          f"{(trials_per_node or 1) * cpus_per_trial} cores; this machine has {cores} usable")
@@ -861,21 +862,22 @@ def run_sweep(out: str | Path, algo: str | list[str] = "mbpo", env: str | list[s
             with ray_session(address, cores) as ray, _stop_on_sigterm():
                 _run_trials(ray, out, pending, configs, table, cpus_per_trial, trials_per_node)
     errors = {name: table.notes.get(name, "") for name, s in table.states.items() if s != "done"}
-    written = summarize_sweep(out, steps, window) if any(_has_rows(out / t.name) for t in trials) else []
+    written = summarize_sweep(out, steps, window) if any(_evaluated_metrics(out / t.name) is not None for t in trials) else []
     return SweepResult(out, dict(table.states), errors, written)
 
 
 # --------------------------------------------------------------------------- summary.csv and curves
 
 
-def _has_rows(run_dir: Path) -> bool:
+def _evaluated_metrics(run_dir: Path) -> dict | None:
+    """The trial's metrics if it has logged an evaluation, else None."""
     from mbrlax.run.metrics import read_metrics
 
     try:
         m = read_metrics(run_dir)
     except (FileNotFoundError, ValueError):
-        return False
-    return len(m.get("env_steps", [])) > 0 and "eval_return" in m
+        return None
+    return m if len(m.get("env_steps", [])) > 0 and "eval_return" in m else None
 
 
 def summarize_sweep(out: str | Path, steps: list[int] | None = None,
@@ -889,11 +891,12 @@ def summarize_sweep(out: str | Path, steps: list[int] | None = None,
     seconds per 1000 env steps). The curves show mean +- std over seeds of every setting of an env, over the steps
     all its seeds reached."""
     from mbrlax.plot import plot_runs
-    from mbrlax.run.metrics import read_metrics
     from mbrlax.run.summary import group_rows, run_values, write_csv
 
     out = Path(out)
-    trials = [t for t in map(Trial.from_json, read_sweep(out)["trials"]) if _has_rows(out / t.name)]
+    trials = list(map(Trial.from_json, read_sweep(out)["trials"]))
+    metrics = {t.name: m for t in trials if (m := _evaluated_metrics(out / t.name)) is not None}
+    trials = [t for t in trials if t.name in metrics]
     if not trials:
         raise SweepError(f"no trial in {out} has logged an evaluation yet: nothing to summarize")
     window = tuple(mean_between) if mean_between else None
@@ -901,7 +904,7 @@ def summarize_sweep(out: str | Path, steps: list[int] | None = None,
                                   for t in trials}))
     groups: dict[str, list[dict]] = {}
     for t in trials:
-        groups.setdefault(t.setting, []).append(run_values(read_metrics(out / t.name), steps, window))
+        groups.setdefault(t.setting, []).append(run_values(metrics[t.name], steps, window))
     first = {t.setting: t for t in reversed(trials)}
     rows = [{"setting": row["setting"], "algo": first[row["setting"]].algo, "env": first[row["setting"]].env,
              **{k: _name_value(v) for k, v in first[row["setting"]].overrides}, **row}

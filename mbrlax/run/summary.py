@@ -34,11 +34,11 @@ def fmt(m: float, se: float, n: int) -> str:
     return f"{m:.0f}" if n == 1 else f"{m:.0f} ± {se:.0f}"
 
 
-def per_seed(m: dict, steps: list[int], window) -> dict:
-    """One run's values: evals at the steps, the window mean, updates and phase time per 1k steps.
-
-    The window mean (`window` = (A, B)) is nan unless the run reached step B."""
-    out = {}
+def run_values(m: dict, steps: list[int], window) -> dict:
+    """One run's values (metrics `m`, at least one row): evals at the steps, the window mean, updates, phase
+    time per 1k steps and its last env step. The window mean (`window` = (A, B)) is nan unless the run
+    reached step B."""
+    out = {"last_step": int(m["env_steps"][-1])}
     for s in steps:
         hit = m["env_steps"] == s
         out[f"eval_{s}"] = float(m["eval_return"][hit][0]) if hit.any() else float("nan")
@@ -53,11 +53,6 @@ def per_seed(m: dict, steps: list[int], window) -> dict:
         out[f"s_per_1k_{ph}"] = float(np.nan_to_num(col[-1])) * per_1k if col is not None else float("nan")
     out["s_per_1k_total"] = float(m["time/wall"][-1]) * per_1k if "time/wall" in m else float("nan")
     return out
-
-
-def run_values(m: dict, steps: list[int], window) -> dict:
-    """`per_seed` of a run's metrics (at least one row) and its last env step."""
-    return {**per_seed(m, steps, window), "last_step": int(m["env_steps"][-1])}
 
 
 def eval_keys(steps: list[int], window) -> list[str]:
