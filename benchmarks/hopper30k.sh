@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Hopper-v5 to 30k env steps, 5 deterministic evaluation episodes every 1000 steps, for the
 # model-usage comparisons: PMAC vs MBPO (issue 10, experiment 2; the ablations of experiment 3)
-# and MEMR vs MBPO vs uniform-start MEMR (issue 11, experiment 1). The MBPO runs serve both.
+# and MEMR vs MBPO vs uniform-start MEMR (issue 11, experiment 1). The MBPO runs serve both; SAC
+# (real data only, 1 update per env step) is the model-free baseline.
 #
 # Variants: mbpo, sac, pmac, pmac-model-only, pmac-starts-only, memr, memr-uniform (--memr.alpha 0).
 # Jobs go seed by seed (every variant's seed 0 first) to whichever core in CORES is free, one run
@@ -20,7 +21,7 @@ set -euo pipefail
 OUT=${OUT:-/work/runs}
 TOTAL=${TOTAL:-30000}
 SEEDS=${SEEDS:-"0 1 2"}
-VARIANTS=${VARIANTS:-"pmac mbpo memr memr-uniform pmac-model-only pmac-starts-only"}
+VARIANTS=${VARIANTS:-"pmac mbpo sac memr memr-uniform pmac-model-only pmac-starts-only"}
 CORES=${CORES:-"0 1"}
 EXTRA=${EXTRA:-}
 

@@ -1,8 +1,10 @@
 """MEMR's prioritized start-state draw (Eq. 3) at real-buffer sizes up to 400k rows: a cumulative-sum
 draw over the priorities vs a sum tree, per env step (one new row's priority, 400 draws, and 400
-refreshed priorities), jitted on the CPU. Prints one JSON line per buffer size.
+refreshed priorities), jitted on the CPU. Prints one JSON line per buffer size and, with --csv, writes
+them as a table (the README's: results/memr_priority_sampling.csv).
 
-    python benchmarks/priority_sampling.py [--sizes 10000 100000 400000] [--draws 400] [--repeats 200]
+    taskset -c 0 python benchmarks/priority_sampling.py [--sizes 10000 100000 400000] [--draws 400]
+        [--repeats 200] [--csv results/memr_priority_sampling.csv]
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import time
 import jax
 import jax.numpy as jnp
 
+from mbrlax.run.summary import write_csv
 from mbrlax.usage.sumtree import sumtree_build, sumtree_probs, sumtree_sample, sumtree_set
 
 ALPHA = 0.6
@@ -63,14 +66,19 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 400_000])
     ap.add_argument("--draws", type=int, default=400)
     ap.add_argument("--repeats", type=int, default=200)
+    ap.add_argument("--csv", default=None, help="also write the rows to this CSV file")
     args = ap.parse_args()
+    rows = []
     for n in args.sizes:
         prio = jax.random.uniform(jax.random.key(1), (n,), minval=0.1, maxval=5.0)
         tree = sumtree_build(prio**ALPHA)
         flat = time_per_call(cumsum_step, prio, n, args.draws, args.repeats)  # (donates prio)
         tree = time_per_call(sumtree_step, tree, n, args.draws, args.repeats)
-        print(json.dumps({"rows": n, "draws": args.draws, "ms_cumsum": round(flat, 4), "ms_sumtree": round(tree, 4),
-                          "device": str(jax.devices()[0])}), flush=True)
+        rows.append({"rows": n, "draws": args.draws, "ms_cumsum": round(flat, 4), "ms_sumtree": round(tree, 4),
+                     "device": str(jax.devices()[0])})
+        print(json.dumps(rows[-1]), flush=True)
+    if args.csv:
+        write_csv(rows, args.csv)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ def main() -> None:
         cols.append(f"mean of the evals {lo // 1000}k-{hi // 1000}k")
     if args.first_reaching is not None:
         cols += [f"first step with eval >= {args.first_reaching:g}", "final eval"]
+    cols.append("wall time")
     print("| run | algo | seed | " + " | ".join(cols) + " |")
     print("|---" * (3 + len(cols)) + "|")
     for run in args.runs:
@@ -62,6 +63,7 @@ def main() -> None:
             ok = np.nonzero(m["eval_return"] >= args.first_reaching)[0]
             row.append(str(int(m["env_steps"][ok[0]])) if len(ok) else "never")
             row.append(f"{m['eval_return'][-1]:.0f} at {int(m['env_steps'][-1])}")
+        row.append(f"{m['time/wall'][-1]:.0f} s" if "time/wall" in m else "-")
         print(f"| {Path(run).name} | {cfg['algo']} | {cfg['seed']} | " + " | ".join(row) + " |")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -13,12 +14,13 @@ import jax
 import numpy as np
 
 from mbrlax import envs
-from mbrlax.algos.dyna import Dyna, RunState, episode_returns, init_run_state, run_loop, scale_action
+from mbrlax.algos.dyna import Dyna, Lane, RunState, episode_returns, init_run_state, run_loop, scale_action
 from mbrlax.config import ConfigError, TrainConfig, config_from_dict, validate
 from mbrlax.runtime import configure
 from mbrlax.run.checkpoint import CheckpointError, has_checkpoint, load_checkpoint
 from mbrlax.run.lock import run_lock
 from mbrlax.run.metrics import MetricsLogger, read_metrics
+from mbrlax.seeds import Seeds
 from mbrlax.usage import ModelUsage, make_usage
 
 
@@ -100,17 +102,84 @@ def train(cfg: TrainConfig, usage: ModelUsage | None = None, stop_at: int | None
         run_dir = new_run_dir(cfg)
         with run_lock(run_dir):
             return _train_dam(cfg, run_dir)
-    obs_dim, act_dim = env_dims(cfg)
+    env_dims(cfg)
     run_dir = new_run_dir(cfg)
     with run_lock(run_dir):
         print(f"mbrlax: {cfg.algo} on {cfg.env}, seed {cfg.seed}, {cfg.total_steps} env steps -> {run_dir}")
-        (run_dir / "config.json").write_text(cfg.to_json())
-        usage = usage or make_usage(cfg)
-        dyna = Dyna(cfg, obs_dim, act_dim, usage)
-        state = init_run_state(cfg, obs_dim, act_dim, usage)
-        with MetricsLogger(run_dir) as logger:
-            state, _ = run_loop(dyna, state, {"env_steps": 0}, run_dir, logger, stop_at=stop_at)
-    return Run(run_dir, cfg, state)
+        return _run_dyna([cfg], [run_dir], usage, stop_at)[0]
+
+
+def seed_configs(cfg: TrainConfig, seeds) -> list[TrainConfig]:
+    """`cfg` for each of `seeds` (a list, or text such as `0-3` or `0,2,5`), run directory OUT/seed_S, where
+    OUT is cfg.out (default runs/<algo>_<env>_seeds<first>-<last>_<time>); ConfigError for what cannot work."""
+    from dataclasses import replace
+
+    from mbrlax.seeds import parse_seeds
+
+    seeds = parse_seeds(seeds)
+    if cfg.algo == "dam":
+        raise ConfigError("invalid --seeds with algo=dam: DAM's rounds do not run vmapped; run its seeds with "
+                          "`mbrlax sweep --algo dam --seeds ...`")
+    if cfg.model.devices > 1:
+        raise ConfigError(f"invalid model.devices={cfg.model.devices} with --seeds: several seeds train vmapped "
+                          "on one device; use 0 (automatic) or 1")
+    env = re.sub(r"[^\w.-]+", "-", cfg.env)  # `module:function` ids
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = Path(cfg.out) if cfg.out is not None else Path("runs") / f"{cfg.algo}_{env}_seeds{seeds[0]}-{seeds[-1]}_{stamp}"
+    return [validate(replace(cfg, seed=s, out=str(out / f"seed_{s}"))) for s in seeds]
+
+
+def train_seeds(cfg: TrainConfig, seeds, usage: ModelUsage | None = None, stop_at: int | None = None) -> list[Run]:
+    """Train `cfg` for several seeds in one process (`mbrlax train --seeds 0,1,2,3`): the RunState stacked
+    over the seeds and every jitted step vmapped over them (mbrlax/seeds.py), the seeds' host envs stepped
+    together. Each seed is an ordinary run directory OUT/seed_S (see `seed_configs`), resumable alone
+    (`resume(OUT/seed_S)`) or together (`resume(OUT)`), loadable and plottable like any run. Returns a Run
+    per seed."""
+    cfgs = seed_configs(validate(cfg), seeds)
+    configure(cfg.model.devices, cfg.model.ensemble_size)
+    prepare_env(cfgs[0])
+    env_dims(cfgs[0])
+    run_dirs = [new_run_dir(c) for c in cfgs]
+    with contextlib.ExitStack() as locks:
+        for run_dir in run_dirs:
+            locks.enter_context(run_lock(run_dir))
+        print(f"mbrlax: {cfg.algo} on {cfg.env}, seeds {', '.join(str(c.seed) for c in cfgs)} vmapped, "
+              f"{cfg.total_steps} env steps -> {run_dirs[0].parent}/seed_*")
+        return _run_dyna(cfgs, run_dirs, usage, stop_at)
+
+
+def _run_dyna(cfgs: list[TrainConfig], run_dirs: list[Path], usage: ModelUsage | None, stop_at: int | None,
+              resuming: bool = False) -> list[Run]:
+    """Train (resuming: continue from their checkpoints) the Dyna runs of `cfgs`, equal but for the seed, in one
+    loop; the caller holds their locks."""
+    cfg = cfgs[0]
+    obs_dim, act_dim = env_dims(cfg)
+    usage = usage or make_usage(cfg)
+    seeds = Seeds(tuple(c.seed for c in cfgs))
+    states, lanes = [], []
+    with contextlib.ExitStack() as loggers:
+        for c, run_dir in zip(cfgs, run_dirs):
+            state = init_run_state(c, obs_dim, act_dim, usage)
+            if resuming:
+                state, meta = load_checkpoint(run_dir, state)
+                step = meta["env_steps"]
+                last_row = step - step % cfg.steps_per_epoch  # rows are logged at epoch ends, before their checkpoint
+                logger = MetricsLogger(run_dir, resume_step=step, complete_to=last_row)
+            else:
+                (run_dir / "config.json").write_text(c.to_json())
+                meta, logger = {"env_steps": 0}, MetricsLogger(run_dir)
+            states.append(state)
+            lanes.append(Lane(run_dir, loggers.enter_context(logger), meta))
+        at = {lane.meta["env_steps"] for lane in lanes}
+        if len(at) > 1:
+            raise CheckpointError("the seeds' checkpoints are at different env steps ("
+                                  + ", ".join(f"{lane.run_dir.name}: {lane.meta['env_steps']}" for lane in lanes)
+                                  + "); resume each with `mbrlax resume DIR/seed_S`")
+        if resuming:
+            print(f"mbrlax: resuming {', '.join(map(str, run_dirs))} at env step {at.pop()} of {cfg.total_steps}")
+        dyna = Dyna(cfg, obs_dim, act_dim, usage, seeds)
+        state = run_loop(dyna, seeds.combine(states), lanes, stop_at=stop_at)
+    return [Run(d, c, st) for d, c, st in zip(run_dirs, cfgs, seeds.split(state))]
 
 
 def _train_dam(cfg: TrainConfig, run_dir: Path, resuming: bool = False) -> Run:
@@ -156,11 +225,16 @@ def _restore(run_dir: Path, usage: ModelUsage | None = None) -> tuple[TrainConfi
     return cfg, state, meta, obs_dim, act_dim
 
 
-def resume(run_dir: str | Path, usage: ModelUsage | None = None, stop_at: int | None = None) -> Run:
-    """Continue a stopped or killed run from its last checkpoint (metrics continue without gaps).
+def resume(run_dir: str | Path, usage: ModelUsage | None = None, stop_at: int | None = None) -> Run | list[Run]:
+    """Continue a stopped or killed run from its last checkpoint (metrics continue without gaps); for the
+    directory of a multi-seed run (`train_seeds`: OUT holding seed_S run directories) all its seeds, vmapped
+    again, returning a Run per seed.
 
     Refuses (RunLockedError) while another process writes `run_dir`."""
     run_dir = Path(run_dir)
+    seed_dirs = sorted(run_dir.glob("seed_*/config.json")) if not (run_dir / "config.json").exists() else []
+    if seed_dirs:
+        return _resume_seeds([p.parent for p in seed_dirs], usage, stop_at)
     cfg = load_config(run_dir)
     configure(cfg.model.devices, cfg.model.ensemble_size)  # CPU threading, before JAX starts
     with run_lock(run_dir):
@@ -169,15 +243,25 @@ def resume(run_dir: str | Path, usage: ModelUsage | None = None, stop_at: int | 
             if not has_checkpoint(run_dir):
                 raise CheckpointError(f"{run_dir} has no checkpoint to resume from")
             return _train_dam(cfg, run_dir, resuming=True)
-        usage = usage or make_usage(cfg)
-        cfg, state, meta, obs_dim, act_dim = _restore(run_dir, usage)
-        step = meta["env_steps"]
-        print(f"mbrlax: resuming {run_dir} at env step {step} of {cfg.total_steps}")
-        dyna = Dyna(cfg, obs_dim, act_dim, usage)
-        last_row = step - step % cfg.steps_per_epoch  # rows are logged at epoch ends, before their checkpoint
-        with MetricsLogger(run_dir, resume_step=step, complete_to=last_row) as logger:
-            state, _ = run_loop(dyna, state, meta, run_dir, logger, stop_at=stop_at)
-    return Run(run_dir, cfg, state)
+        return _run_dyna([cfg], [run_dir], usage, stop_at, resuming=True)[0]
+
+
+def _resume_seeds(run_dirs: list[Path], usage: ModelUsage | None, stop_at: int | None) -> list[Run]:
+    cfgs = [load_config(d) for d in run_dirs]
+    shared = [json.loads(c.to_json()) for c in cfgs]
+    for d in shared:
+        d.pop("seed"), d.pop("out")
+    if any(d != shared[0] for d in shared):
+        raise ConfigError(f"the seed directories of {run_dirs[0].parent} differ in more than their seed; resume "
+                          "each with `mbrlax resume DIR/seed_S`")
+    order = np.argsort([c.seed for c in cfgs])
+    cfgs, run_dirs = [cfgs[i] for i in order], [run_dirs[i] for i in order]
+    configure(cfgs[0].model.devices, cfgs[0].model.ensemble_size)
+    with contextlib.ExitStack() as locks:
+        for d in run_dirs:
+            locks.enter_context(run_lock(d))
+        prepare_env(cfgs[0])
+        return _run_dyna(cfgs, run_dirs, usage, stop_at, resuming=True)
 
 
 class Policy:

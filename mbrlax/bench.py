@@ -13,10 +13,11 @@ import json
 import tempfile
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import jax
 
-from mbrlax.algos.dyna import PHASES, Dyna, Timer, init_run_state, run_loop
+from mbrlax.algos.dyna import PHASES, Dyna, Lane, Timer, init_run_state, run_loop
 from mbrlax.api import env_dims
 from mbrlax.config import preset, validate
 from mbrlax.run.metrics import MetricsLogger
@@ -63,17 +64,17 @@ def bench(args: BenchArgs) -> dict:
     dyna = Dyna(cfg, obs_dim, act_dim)
     state = init_run_state(cfg, obs_dim, act_dim)
     timer = Timer()
-    meta = {"env_steps": 0}
     trainer = dyna.model_trainer
     with tempfile.TemporaryDirectory() as run_dir, MetricsLogger(run_dir, tensorboard=False) as logger:
         print(f"bench: {cfg.algo} {cfg.env}, G={cfg.sac.updates_per_step}, SAC width {cfg.sac.hidden_size}, "
               f"{cfg.init_steps} exploration steps, model on {trainer.split.n_devices} device(s), "
               f"timing loop steps {args.start}..{args.stop}")
-        state, meta = run_loop(dyna, state, meta, run_dir, logger, cfg.init_steps + args.start, timer)
+        lane = Lane(Path(run_dir), logger, {"env_steps": 0})
+        state = run_loop(dyna, state, [lane], cfg.init_steps + args.start, timer)
         trainer.compile_all_chunk_sizes(state.model, *dyna.training_data(state.real))
         before, t0 = dict(timer.totals), time.perf_counter()
         epochs0, minibatches0 = trainer.epochs_run, trainer.minibatches_run
-        state, meta = run_loop(dyna, state, meta, run_dir, logger, cfg.init_steps + args.stop, timer)
+        state = run_loop(dyna, state, [lane], cfg.init_steps + args.stop, timer)
         jax.block_until_ready(state)
         wall = time.perf_counter() - t0
     spent = {k: timer.totals[k] - before.get(k, 0.0) for k in PHASES}

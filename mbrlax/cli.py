@@ -3,7 +3,8 @@
 `mbrlax train` takes every TrainConfig field as a flag (`--total-steps`,
 `--sac.updates-per-step`, ...); defaults come from the paper preset of the
 chosen `--env` and `--algo`. With no arguments it trains MBPO on
-InvertedPendulum-v5. Your own env: `--env my_pkg.my_mod:make_env [--termination
+InvertedPendulum-v5. `--seeds 0-3` (or `0,1,2,3`) trains those seeds in one
+process, vmapped, into OUT/seed_S. Your own env: `--env my_pkg.my_mod:make_env [--termination
 my_pkg.my_mod:is_done] [--reward my_pkg.my_mod:reward]`.
 """
 
@@ -18,8 +19,8 @@ import tyro
 
 USAGE = """usage: mbrlax {train,resume,eval,diagnose,plot,bench,sweep} [--help]
 
-  train    train an agent (default: MBPO on InvertedPendulum-v5)
-  resume   continue a stopped or killed run from its last checkpoint
+  train    train an agent (default: MBPO on InvertedPendulum-v5); --seeds 0-3: several seeds in one process
+  resume   continue a stopped or killed run (or all seeds of a --seeds run) from its last checkpoint
   eval     evaluate the saved policy of a run (--video out.mp4 records it)
   diagnose the saved model's errors and calibration on held-out real data (PNG and CSV)
   plot     learning curves of one or more runs (mean and spread over seeds)
@@ -72,7 +73,7 @@ class PlotArgs:
     """metrics.csv column on the y axis."""
 
 
-def _flag_value(argv: list[str], name: str, default: str) -> str:
+def _flag_value(argv: list[str], name: str, default: str | None) -> str | None:
     """Value of `--name X` or `--name=X` in argv (before tyro parses it)."""
     for i, arg in enumerate(argv):
         if arg == f"--{name}" and i + 1 < len(argv):
@@ -82,6 +83,19 @@ def _flag_value(argv: list[str], name: str, default: str) -> str:
     return default
 
 
+def _without_flag(argv: list[str], name: str) -> list[str]:
+    """argv without `--name X` / `--name=X`."""
+    out, skip = [], False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+        elif arg == f"--{name}":
+            skip = i + 1 < len(argv)
+        elif not arg.startswith(f"--{name}="):
+            out.append(arg)
+    return out
+
+
 def cmd_train(argv: list[str]) -> None:
     import mbrlax
     from mbrlax.config import ALGOS, TrainConfig, preset
@@ -89,9 +103,12 @@ def cmd_train(argv: list[str]) -> None:
     env = _flag_value(argv, "env", TrainConfig.env)
     algo = _flag_value(argv, "algo", TrainConfig.algo)
     algo = algo if algo in ALGOS else TrainConfig.algo  # tyro reports the bad value
-    cfg = tyro.cli(TrainConfig, default=preset(env, algo), args=argv, prog="mbrlax train")
-    run = mbrlax.train(cfg)
-    _print_summary(run)
+    seeds = _flag_value(argv, "seeds", None)  # not a TrainConfig field: one config per seed
+    argv = _without_flag(argv, "seeds")
+    cfg = tyro.cli(TrainConfig, default=preset(env, algo), args=argv, prog="mbrlax train",
+                   description="A training run. Also --seeds 0-3 (or 0,1,2,3): those seeds in one process, "
+                               "vmapped, into OUT/seed_S (not for dam).")
+    _print_summary(mbrlax.train(cfg) if seeds is None else mbrlax.train_seeds(cfg, seeds))
 
 
 def cmd_resume(argv: list[str]) -> None:
@@ -148,9 +165,10 @@ def cmd_sweep(argv: list[str]) -> None:
         sys.exit(status)
 
 
-def _print_summary(run) -> None:
-    m = run.metrics
-    print(f"done: {run.run_dir}  env_steps={int(m['env_steps'][-1])}  eval_return={m['eval_return'][-1]:.1f}")
+def _print_summary(runs) -> None:
+    for run in runs if isinstance(runs, list) else [runs]:
+        m = run.metrics
+        print(f"done: {run.run_dir}  env_steps={int(m['env_steps'][-1])}  eval_return={m['eval_return'][-1]:.1f}")
 
 
 COMMANDS = {"train": cmd_train, "resume": cmd_resume, "eval": cmd_eval, "diagnose": cmd_diagnose,

@@ -103,16 +103,20 @@ class DAMConfig:
     correction: Annotated[Literal["none", "discriminator"], tyro.conf.arg(aliases=("--correction",))] = "none"
     """Value estimates: plain model return, or discriminator-corrected (Eq. 4, Algorithm 1)."""
     weight_mode: Literal["exp", "sigmoid"] = "exp"
-    """Importance weight from the discriminator logit: exp (Eq. 8) or sigmoid (Algorithm 1;
-    the better one in our Table 1 runs, see README)."""
+    """Importance weight from the discriminator logit: exp (Eq. 8; the better one in our paper-protocol
+    Table 1 runs: an uninformative logit 0 gives weight 1, not sigmoid's 1/2 per step, see README) or
+    sigmoid (Algorithm 1)."""
     max_weight: float | None = None
     """Clip per-transition importance weights at this value (None: no clip)."""
+    protocol: Literal["paper", "rich"] = "paper"
+    """Data collection: paper = Algorithm 3 (1 random episode, then 1 planner episode per round);
+    rich = 5 random episodes, then 5 planner episodes per round (README: 3 on Intersection-v0)."""
     rounds: Annotated[int, tyro.conf.arg(aliases=("--rounds",))] = 10
     """MBRL rounds (Algorithm 3): act with the planner, then retrain model and discriminator."""
-    episodes_per_round: int = 5
-    """Real episodes collected with the planner in each round."""
-    init_episodes: int = 5
-    """Uniform-random episodes collected before the first round (the model needs data to plan)."""
+    episodes_per_round: int | None = None
+    """Real episodes collected with the planner in each round (default: the protocol's)."""
+    init_episodes: int | None = None
+    """Uniform-random episodes collected before the first round (default: the protocol's)."""
     eval_every: int = 1
     """Evaluate (eval_episodes planner episodes) every this many rounds; the last round always is."""
     planner: Literal["rs", "cem"] = "rs"
@@ -121,8 +125,8 @@ class DAMConfig:
     """Planning horizon H (actions per candidate sequence)."""
     num_sequences: int = 500
     """Candidate action sequences K per planning step."""
-    num_particles: int = 20
-    """Model samples per candidate sequence in ESTIMATEVALUE."""
+    num_particles: Annotated[int, tyro.conf.arg(aliases=("--dam.particles",))] = 20
+    """Model samples per candidate sequence in ESTIMATEVALUE, averaged (1: Algorithm 1's single sample)."""
     cem_iterations: int = 5
     """CEM refinement iterations."""
     cem_elites: int = 50
@@ -130,9 +134,35 @@ class DAMConfig:
     disc_hidden: int = 128
     """Width of the discriminator's two hidden layers."""
     disc_steps: int = 2000
-    """Discriminator minibatch updates per round."""
+    """Discriminator minibatch updates per round (at most, with early stopping)."""
     disc_batch_size: int = 256
     """Discriminator minibatch size (real and fake halves)."""
+    disc_samples: int = 0
+    """Model samples per real row: 0 = a fresh s~' ~ q(.|s,a) for every row in every update
+    (Algorithm 2); F > 0 = F samples drawn once per round, one picked per update."""
+    disc_holdout: float = 0.2
+    """Fraction of real rows held out for early stopping on held-out cross-entropy (0: none,
+    train all disc_steps)."""
+    disc_patience: int = 10
+    """Held-out checks (every disc_check_every updates) without improvement before stopping."""
+    disc_check_every: int = 50
+    """Discriminator updates between held-out checks."""
+    disc_weight_decay: float = 0.0
+    """L2 weight decay on the discriminator's weights."""
+
+    def episode_counts(self) -> tuple[int, int]:
+        """(initial random episodes, planner episodes per round): the ones given, else the protocol's."""
+        init, per_round = DAM_PROTOCOLS.get(self.protocol, (None, None))
+        return (init if self.init_episodes is None else self.init_episodes,
+                per_round if self.episodes_per_round is None else self.episodes_per_round)
+
+
+# (init_episodes, episodes_per_round) of the DAM data protocols. paper = Algorithm 3: T starts empty
+# and each round adds ONE planner rollout; the first rollout comes before any model exists, when a
+# random-shooting planner ranks its candidates arbitrarily, so it is one uniform-random episode (the
+# least data TRAINMODEL can fit), then one planner episode in each of the `rounds` rounds.
+# rich = the data-rich protocol of our first Table 1 (it used 3 episodes per round on Intersection-v0).
+DAM_PROTOCOLS = {"paper": (1, 1), "rich": (5, 5)}
 
 
 @dataclass(frozen=True)
@@ -366,7 +396,7 @@ def preset(env: str, algo: str = "mbpo", **overrides) -> TrainConfig:
                           weight_decays=(2.5e-5, 5e-5, 7.5e-5, 1e-4), patience=20, max_epochs=500),
         )
         if env == "Intersection-v0":  # 25-step episodes: look far enough ahead to see the turn coming
-            cfg = replace(cfg, dam=replace(cfg.dam, horizon=12, num_sequences=200, num_particles=10, episodes_per_round=3))
+            cfg = replace(cfg, dam=replace(cfg.dam, horizon=12, num_sequences=200, num_particles=10))
     if algo == "pmac" and env in _PMAC_SCHEDULES:
         cfg = replace(cfg, rollout=replace(cfg.rollout, schedule=_PMAC_SCHEDULES[env]),
                       sac=replace(cfg.sac, updates_per_step=20))
@@ -426,10 +456,18 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _require(s.lr > 0, "sac.lr", s.lr, "must be > 0")
     _require(s.init_alpha > 0, "sac.init_alpha", s.init_alpha, "must be > 0")
     d = cfg.dam
-    for name in ("num_components", "rounds", "episodes_per_round", "eval_every", "horizon", "num_sequences",
-                 "num_particles", "cem_iterations", "cem_elites", "disc_hidden", "disc_steps", "disc_batch_size"):
+    _require(d.protocol in DAM_PROTOCOLS, "dam.protocol", d.protocol, f"must be one of {', '.join(DAM_PROTOCOLS)}")
+    init_episodes, episodes_per_round = d.episode_counts()
+    _require(episodes_per_round > 0, "dam.episodes_per_round", episodes_per_round, "must be a positive integer")
+    for name in ("num_components", "rounds", "eval_every", "horizon", "num_sequences",
+                 "num_particles", "cem_iterations", "cem_elites", "disc_hidden", "disc_steps", "disc_batch_size",
+                 "disc_patience", "disc_check_every"):
         _require(getattr(d, name) > 0, f"dam.{name}", getattr(d, name), "must be a positive integer")
-    _require(d.init_episodes >= 0, "dam.init_episodes", d.init_episodes, "must be >= 0")
+    _require(init_episodes > 0, "dam.init_episodes", init_episodes,
+             "must be >= 1 (the models need data before the first round)")
+    _require(d.disc_samples >= 0, "dam.disc_samples", d.disc_samples, "must be >= 0 (0 = a fresh sample per update)")
+    _require(0 <= d.disc_holdout < 1, "dam.disc_holdout", d.disc_holdout, "must be in [0, 1)")
+    _require(d.disc_weight_decay >= 0, "dam.disc_weight_decay", d.disc_weight_decay, "must be >= 0")
     _require(d.cem_elites <= d.num_sequences, "dam.cem_elites", d.cem_elites,
              f"must be <= dam.num_sequences={d.num_sequences}")
     for name, allowed in (("model", ("gaussian", "mdn")), ("objective", ("mle", "minvar")),

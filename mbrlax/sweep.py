@@ -31,6 +31,9 @@ How it works:
   standard error over seeds per setting, mbrlax/run/summary.py) and DIR/curves_<env>.png (mbrlax/plot.py).
   A trial that fails leaves its traceback in DIR/<trial>/error.txt (its output is in DIR/<trial>/trial.log);
   the others go on.
+- Envs registered in the calling process (`mbrlax.envs.register`) are pickled by value (cloudpickle, so lambdas
+  and functions of __main__ too) to DIR/registered_envs.pkl, and every trial process registers them again before
+  it starts; an import path (`--env my_pkg.my_mod:make_env`) needs nothing.
 """
 
 from __future__ import annotations
@@ -64,12 +67,14 @@ import tyro
 
 from mbrlax.config import ALGOS, ConfigError, TrainConfig, config_from_dict, preset, validate
 from mbrlax.parallel import usable_cores
+from mbrlax.seeds import parse_seeds
 
 SWEEP_NAME = "sweep.json"
 SUMMARY_NAME = "summary.csv"
 DONE_NAME = "sweep_done.json"
 ERROR_NAME = "error.txt"
 LOG_NAME = "trial.log"
+ENVS_NAME = "registered_envs.pkl"
 LOCK_WAIT_S = 60.0  # how long a trial waits for its run's lock (held by a process of a killed sweep)
 STOP_WAIT_S = 60.0  # how long a stopped sweep waits for its trials to checkpoint
 REFRESH_S = 1.0  # table refresh interval
@@ -92,23 +97,6 @@ def parse_names(value: str | list | tuple, flag: str) -> tuple[str, ...]:
     if len(set(names)) < len(names):
         raise SweepError(f"invalid {flag} {value!r}: a name appears twice")
     return names
-
-
-def parse_seeds(value: str | int | list | tuple) -> tuple[int, ...]:
-    """`0-4` -> 0..4, `0,2,5` -> (0, 2, 5) (ranges and numbers may mix: `0-2,7`); an int or a list of ints."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)
-    parts = value.split(",") if isinstance(value, str) else [str(v) for v in value]
-    seeds: list[int] = []
-    for part in parts:
-        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
-        if not m or (m[2] is not None and int(m[2]) < int(m[1])):
-            raise SweepError(f"invalid --seeds {value!r}: expected seeds >= 0 as a range A-B (A <= B) or a "
-                             "comma-separated list, e.g. --seeds 0-4 or --seeds 0,2,5")
-        seeds += range(int(m[1]), int(m[2] or m[1]) + 1)
-    if len(set(seeds)) < len(seeds):
-        raise SweepError(f"invalid --seeds {value!r}: a seed appears twice")
-    return tuple(seeds)
 
 
 def parse_ints(value: str | list | tuple | None, flag: str, count: int | None = None) -> list[int]:
@@ -383,6 +371,41 @@ def trial_configs(trials: list[Trial]) -> dict[str, TrainConfig]:
 # --------------------------------------------------------------------------- the sweep directory
 
 
+def ship_registered_envs(out: Path, env_ids: set[str]) -> None:
+    """DIR/registered_envs.pkl: the specs of the sweep's envs registered in this process, for the trial processes
+    (removed when there are none)."""
+    from ray import cloudpickle
+
+    from mbrlax.envs import registered_spec
+
+    specs = {i: spec for i in sorted(env_ids) if (spec := registered_spec(i)) is not None}
+    path = out / ENVS_NAME
+    if not specs:
+        path.unlink(missing_ok=True)
+        return
+    try:
+        data = cloudpickle.dumps(specs)
+    except Exception as e:  # noqa: BLE001 -- whatever the user's functions hold that cannot be pickled
+        raise SweepError(f"the registered env(s) {', '.join(specs)} cannot be sent to the trial processes ({e}); "
+                         "register functions that cloudpickle can pickle, or give --env as an import path "
+                         "(my_pkg.my_mod:make_env)") from e
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def register_shipped_envs(out: Path) -> None:
+    """In a trial process: register the envs the sweep's driver shipped (`ship_registered_envs`)."""
+    import pickle
+
+    from mbrlax.envs import register
+
+    path = out / ENVS_NAME
+    if path.is_file():
+        for spec in pickle.loads(path.read_bytes()).values():
+            register(spec.id, spec.make_fn, spec.termination, spec.reward)
+
+
 def _write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=2))
@@ -498,6 +521,7 @@ def _trial_main(argv: list[str]) -> None:
     (run_dir / ERROR_NAME).unlink(missing_ok=True)
     print(f"mbrlax sweep: trial {run_dir.name} on core(s) {sorted(cores)} of {socket.gethostname()}", flush=True)
     try:
+        register_shipped_envs(run_dir.parent)
         run = run_trial(run_dir, config_from_dict(json.loads(cfg_json)))
     except (RunStopped, KeyboardInterrupt) as e:
         print(f"mbrlax sweep: trial stopped: {e}", file=sys.stderr)
@@ -855,6 +879,7 @@ def run_sweep(out: str | Path, algo: str | list[str] = "mbpo", env: str | list[s
         raise SweepError(f"--trials-per-node {trials_per_node or 1} x --cpus-per-trial {cpus_per_trial} needs "
                          f"{(trials_per_node or 1) * cpus_per_trial} cores; this machine has {cores} usable")
     claim_dir(out, grid, trials)
+    ship_registered_envs(out, {cfg.env for cfg in configs.values()})
     table = TrialTable(out, trials, {t.name: configs[t.name].total_steps for t in trials}, live)
     pending = [t for t in trials if table.states[t.name] != "done"]  # finished trials are skipped
     with table:

@@ -179,7 +179,8 @@ def test_custom_env_for_dam(tmp_path):
     envs.register("MyIcyRoad-v0", make, termination.never, dam_envs.icyroad_reward)
     cfg = preset("MyIcyRoad-v0", "dam", out=str(tmp_path / "run"))
     prepare_env(cfg)  # the reward agrees with the env's on the env's own (discrete) actions
-    episodes = cfg.dam.init_episodes + cfg.dam.rounds * cfg.dam.episodes_per_round
+    init_episodes, per_round = cfg.dam.episode_counts()
+    episodes = init_episodes + cfg.dam.rounds * per_round
     assert capacity(cfg) == (5 * episodes, episodes)  # DAM's arrays, sized by the env's TimeLimit
     envs.register("MyIcyRoad-v0", make, termination.never, lambda obs, action, next_obs: next_obs[:, 2])
     with pytest.raises(ConfigError, match="disagrees with the env's reward"):

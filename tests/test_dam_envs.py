@@ -315,3 +315,45 @@ def test_intersection_turn_is_fifty_fifty():
     biased = dam_envs.IntersectionEnv(turn_left_prob=1.0)
     biased.reset(seed=0)
     assert biased._turn_left
+
+
+# ----------------------------------------------------------------------------- exact values (DP)
+
+
+def test_icyroad_exact_values():
+    """Dynamic programming over the env's own transition: the optimum 10 is accelerate once, then
+    cruise at speed 2 (no swerve risk); nothing closed-loop beats it. Uniform random: 2.19 (MC)."""
+    assert dam_envs.icyroad_value() == pytest.approx(10.0)
+    env = _icy()
+    env.reset(seed=0)
+    assert _rollout(env, [ACC] + [CRUISE] * 4)[1].sum() == 10.0
+    # A lower swerve chance makes the risk worth taking (risky: reach speed 3 and hope).
+    assert dam_envs.icyroad_value(_icy(swerve_prob=0.3)) > 10.0
+    rng = np.random.default_rng(0)
+    env.reset(seed=1)
+    returns = []
+    for _ in range(2000):
+        env.reset()
+        returns.append(_rollout(env, rng.integers(0, 3, 5))[1].sum())
+    random_value = dam_envs.icyroad_value(policy="random")
+    assert random_value == pytest.approx(np.mean(returns), abs=4 * np.std(returns) / np.sqrt(len(returns)))
+    with pytest.raises(ValueError, match="invalid policy"):
+        dam_envs.icyroad_value(policy="greedy")
+
+
+def test_intersection_exact_values():
+    """The turn shows after step 9, the first collision is at step 10: slowing slightly before the
+    intersection and then reacting (106 / 118, expected 112) beats full speed (85 / 125, 105)
+    and brake-then-go (100); the DP's plans replayed in the env give its values."""
+    v = dam_envs.intersection_value()
+    assert (v["expected"], v["left"], v["right"], v["perfect_information"]) == pytest.approx((112, 106, 118, 116))
+    for turn_left, plan, value in ((True, v["plan_left"], 106), (False, v["plan_right"], 118)):
+        assert len(plan) == 25 and _rollout(_inter(turn_left), [int(a) for a in plan])[1].sum() == value
+    assert v["plan_left"][:9] == v["plan_right"][:9]  # the same actions while the turn is hidden
+    full_speed = [_rollout(_inter(left), [CRUISE] * 25)[1].sum() for left in (True, False)]
+    assert np.mean(full_speed) == 105 < v["expected"]
+    assert _rollout(_inter(True), [CRUISE] * 4 + [DEC] * 21)[1].sum() == 30  # then stop for good
+    rng = np.random.default_rng(0)
+    returns = [_rollout(_inter(bool(rng.random() < 0.5)), rng.integers(0, 3, 25))[1].sum() for _ in range(200)]
+    random_value = dam_envs.intersection_value(policy="random")["expected"]
+    assert random_value == pytest.approx(np.mean(returns), abs=4 * np.std(returns) / np.sqrt(len(returns)))

@@ -291,18 +291,23 @@ def log_ratio(s):
     return -0.5 * s**2 + 0.5 * ((s - 0.5) / 1.5) ** 2 + np.log(1.5)
 
 
+def sample_q(params, obs, action, key):
+    """The 'model' q(s'|s, a) = N(0.5, 1.5^2), whatever (s, a): a fresh draw per row and call."""
+    return 0.5 + 1.5 * jax.random.normal(key, obs.shape)
+
+
 def test_discriminator_recovers_known_density_ratio():
     """Real s' ~ N(0, 1), model s' ~ N(0.5, 1.5^2) for the same real (s, a): exp(D~) -> p/q (Eq. 5-8).
-    Two model samples per real row ([num_fake, cap, obs])."""
+    Algorithm 2: a fresh model sample for every row in every update, early stopping on held-out rows."""
     n, cap = 8000, 8192
     rng = np.random.default_rng(0)
     obs = rng.normal(size=(cap, 1))
     act = np.eye(2)[rng.integers(0, 2, cap)]
     real = rng.normal(0.0, 1.0, (cap, 1))
-    fake = rng.normal(0.5, 1.5, (2, cap, 1))
     f = lambda a: jnp.asarray(a, jnp.float32)
     state = disc_init(jax.random.key(0), 4, hidden=64)
-    state, info = train_discriminator(state, f(obs), f(act), f(real), f(fake), rng, n=n, steps=3000, batch_size=512)
+    state, info = train_discriminator(state, f(obs), f(act), f(real), None, rng, n=n, steps=2000, batch_size=512,
+                                      holdout=0.2, sampler=sample_q)
     # Logits averaged over real (s, a) on a grid of s' in the bulk, against the true log-ratio.
     s_grid = np.linspace(-2, 2, 41)
     m = 200
@@ -313,9 +318,32 @@ def test_discriminator_recovers_known_density_ratio():
     assert np.corrcoef(got, true)[0, 1] > 0.97
     assert np.mean(np.abs(got - true)) < 0.15, np.abs(got - true)
     assert logits.std(1).mean() < 0.2  # (s, a) carry no information
-    assert 0.55 < info["accuracy"] < 0.75  # overlapping distributions: no perfect classifier
+    for acc in (info["accuracy"], info["holdout_accuracy"]):
+        assert 0.55 < acc < 0.75  # overlapping distributions: no perfect classifier
     assert 0.8 < info["fake_weight_mean"] < 1.2  # E_q[p/q] = 1
-    assert info["loss"] < 2 * np.log(2)
+    assert info["loss"] < 2 * np.log(2) and info["holdout_loss"] < 2 * np.log(2)
+    # Held-out logits: larger on real rows than on model samples, as log p/q is on average.
+    assert info["real_logit_mean"] > 0 > info["model_logit_mean"], info
+
+
+def test_discriminator_early_stopping_on_held_out_rows():
+    """Few real rows of a model that is exactly right: a net can only memorize its training rows,
+    the held-out cross-entropy never improves much, and training stops early near chance."""
+    cap, n = 64, 40
+    rng = np.random.default_rng(1)
+    obs, act = jnp.asarray(rng.normal(size=(cap, 1)), jnp.float32), jnp.zeros((cap, 2))
+    real = sample_q(None, obs, act, jax.random.key(5))
+    state = disc_init(jax.random.key(0), 4, hidden=64)
+    kw = dict(n=n, steps=1000, batch_size=64, patience=3, check_every=50, sampler=sample_q)  # one compile
+    state, info = train_discriminator(state, obs, act, real, None, rng, holdout=0.25, **kw)
+    assert info["steps"] < 1000 and info["best_step"] <= info["steps"] - 3 * 50
+    assert 0.2 < info["holdout_accuracy"] < 0.8 and info["holdout_loss"] < 2 * np.log(2) + 0.1  # 10 rows: coarse
+    _, info = train_discriminator(state, obs, act, real, None, rng, **kw)  # no holdout: all steps
+    assert info["steps"] == 1000 and np.isnan(info["holdout_accuracy"])
+    with pytest.raises(ValueError, match="exactly one source"):
+        train_discriminator(state, obs, act, real, real, rng, sampler=sample_q)
+    with pytest.raises(ValueError, match="holdout"):
+        train_discriminator(state, obs, act, real, real, rng, holdout=1.0)
 
 
 def test_importance_weights_modes_and_clip():
@@ -336,7 +364,7 @@ def test_discriminator_compiles_once_as_data_grows():
     before = disc_mod._train._cache_size()
     for i, n in enumerate((10, 20, 40, 64)):
         state = disc_init(jax.random.key(i), 7, hidden=8)
-        state, info = train_discriminator(state, z, a, z + 1.0, z, rng, n=n, steps=20, batch_size=16)
-        assert np.isfinite(info["loss"])
+        state, info = train_discriminator(state, z, a, z + 1.0, z, rng, n=n, steps=20, batch_size=16, holdout=0.2)
+        assert np.isfinite(info["loss"]) and np.isfinite(info["holdout_accuracy"])
     assert disc_mod._train._cache_size() - before == 1
     assert disc_logits(state, z, a, z).shape == (cap,)

@@ -185,3 +185,13 @@ def test_cli_eval_and_plot(finished, tmp_path, capsys):
     png = tmp_path / "curves.png"
     main(["plot", str(run.run_dir), "-o", str(png)])
     assert png.stat().st_size > 1000
+
+
+def test_bench_reports_per_unit_figures_for_its_window():
+    """`mbrlax bench` on a short window of InvertedPendulum (the model trains at loop step 0, before it)."""
+    from mbrlax.bench import BenchArgs, bench
+
+    r = bench(BenchArgs(env="InvertedPendulum-v5", start=5, stop=30))
+    assert r["window_env_steps"] == 25 and r["sac_updates"] == 25 * r["updates_per_step"]
+    assert r["model_devices"] >= 1 and r["sec_per_1k_env_steps"] > 0 and r["ms_per_sac_update"] > 0
+    assert r["agent_update_s"] <= r["sec_per_1k_env_steps"] * 25 / 1000 + 1e-9  # a part of the window's time

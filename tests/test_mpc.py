@@ -9,7 +9,7 @@ import pytest
 import mbrlax
 from mbrlax import envs
 from mbrlax.cli import main
-from mbrlax.config import ConfigError, preset
+from mbrlax.config import ConfigError, preset, validate
 from mbrlax.run.metrics import read_metrics
 
 from conftest import kill_9_during_training
@@ -53,7 +53,7 @@ def test_dam_on_icyroad_beats_random_policy(tmp_path):
         cfg = preset("IcyRoad-v0", "dam", out=str(tmp_path / f"run{seed}"), progress=False, eval_episodes=10,
                      seed=seed)
         cfg = replace(cfg, dam=replace(cfg.dam, model="mdn", objective="minvar", correction="discriminator",
-                                       weight_mode="sigmoid", rounds=2))
+                                       weight_mode="sigmoid", protocol="rich", rounds=2))
         m = read_metrics(mbrlax.train(cfg).run_dir)
         np.testing.assert_array_equal(m["round"], [0, 1, 2])
         np.testing.assert_array_equal(m["env_steps"], [25, 50, 75])  # 5 episodes of 5 steps per round
@@ -78,17 +78,49 @@ def test_dam_resume_after_kill_9_matches_uninterrupted_run(tmp_path):
 
 def test_cli_flags_and_saved_planner(tmp_path):
     out = tmp_path / "cli"
+    i = SMALL_FLAGS.index("--dam.num-particles")
+    flags = SMALL_FLAGS[:i] + SMALL_FLAGS[i + 2:]  # the particles given below, by their alias
     main(["train", "--algo", "dam", "--env", "IcyRoad-v0", "--model", "mdn", "--objective", "minvar",
-          "--correction", "discriminator", "--rounds", "1", "--seed", "3", *SMALL_FLAGS, "--out", str(out)])
+          "--correction", "discriminator", "--rounds", "1", "--seed", "3", "--dam.particles", "1", *flags,
+          "--out", str(out)])
     cfg = json.loads((out / "config.json").read_text())
     assert (cfg["algo"], cfg["seed"]) == ("dam", 3)
-    assert {k: cfg["dam"][k] for k in ("model", "objective", "correction", "rounds")} == {
-        "model": "mdn", "objective": "minvar", "correction": "discriminator", "rounds": 1}
+    assert {k: cfg["dam"][k] for k in ("model", "objective", "correction", "rounds", "num_particles")} == {
+        "model": "mdn", "objective": "minvar", "correction": "discriminator", "rounds": 1, "num_particles": 1}
+    m = read_metrics(out)  # Algorithm 2's held-out diagnostics and the logits the planner sees
+    for col in ("disc/holdout_accuracy", "disc/real_logit_mean", "disc/model_logit_std", "disc/plan_logit_mean",
+                "disc/plan_logit_std", "model/sample_mae"):
+        assert np.all(np.isfinite(m[col])), col
+    assert np.all(m["disc/steps"] <= 300)
     obs = np.array([0.0, 0.0, 1.0, 0.0], np.float32)
     first = [int(mbrlax.load(out).act(obs)) for _ in range(2)]
     assert first[0] == first[1] and first[0] in (0, 1, 2)  # a fresh load replays the same actions
     mean, _ = mbrlax.load(out).evaluate(episodes=2)
     assert np.isfinite(mean)
+
+
+def test_dam_protocols_and_defaults():
+    """paper (the presets' default): Algorithm 3's one planner episode per round after one random episode;
+    --dam.protocol rich switches both counts; explicitly given counts are kept."""
+    import tyro
+
+    from mbrlax.config import TrainConfig
+    from mbrlax.algos.mpc import capacity
+
+    cfg = preset("IcyRoad-v0", "dam")
+    d = cfg.dam
+    assert (d.protocol, d.episode_counts(), d.weight_mode) == ("paper", (1, 1), "exp")
+    assert capacity(cfg) == (5 * 11, 11)
+    parse = lambda *flags: tyro.cli(TrainConfig, default=cfg, args=list(flags)).dam
+    assert parse("--dam.protocol", "rich").episode_counts() == (5, 5)
+    rich3 = parse("--dam.protocol", "rich", "--dam.episodes-per-round", "3")
+    assert rich3.episode_counts() == (5, 3)
+    assert replace(rich3, protocol="paper").episode_counts() == (1, 3)  # an explicit count is kept
+    assert json.loads(cfg.to_json())["dam"]["init_episodes"] is None  # None = the protocol's, on resume too
+    with pytest.raises(ConfigError, match="dam.protocol"):
+        validate(replace(cfg, dam=replace(d, protocol="lavish")))
+    with pytest.raises(ConfigError, match="dam.init_episodes"):
+        validate(replace(cfg, dam=replace(d, init_episodes=0)))
 
 
 def test_planner_refuses_to_act_when_every_value_is_nan(tmp_path):
@@ -115,6 +147,8 @@ def test_dam_bad_input(tmp_path, capsys):
     assert "known reward function" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="dam.num_sequences"):
         mbrlax.train(replace(small(tmp_path), dam=replace(small(tmp_path).dam, num_sequences=0)))
+    with pytest.raises(ConfigError, match="dam.disc_holdout"):
+        mbrlax.train(replace(small(tmp_path), dam=replace(small(tmp_path).dam, disc_holdout=1.0)))
     with pytest.raises(ConfigError, match="dam.cem_elites"):
         mbrlax.train(replace(small(tmp_path), dam=replace(small(tmp_path).dam, planner="cem", cem_elites=500)))
     assert not (tmp_path / "run").exists()  # nothing started

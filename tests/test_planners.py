@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mbrlax.planners import ActionSpace, cem, make_planner, make_value_estimator, random_shooting
+from mbrlax.planners import ActionSpace, cem, make_logit_probe, make_planner, make_value_estimator, random_shooting
 
 OBS_DIM = 3
 
@@ -156,6 +156,31 @@ def test_importance_weights_remove_model_bias():
     np.testing.assert_allclose(v_plain, model, atol=0.06)  # the uncorrected estimate is biased by 3
     np.testing.assert_allclose(v_corr, true, atol=0.15)  # ~5 standard errors
     assert np.all(np.abs(v_plain - true) > 2.5)
+
+
+def test_single_particle_is_algorithm_1_and_probe_sees_its_samples():
+    """num_particles=1: ESTIMATEVALUE of Algorithm 1 on ONE sampled trajectory per candidate,
+    R = sum_t (prod_{m<=t} w_m) r_t, against a loop over the same samples (the model's noise is
+    recomputed from the per-step keys); make_logit_probe returns the logits of those transitions."""
+    space, horizon, n = ActionSpace.continuous([-1.0], [1.0]), 4, 5
+    actions = space.uniform(jax.random.PRNGKey(1), (n, horizon))
+    obs, key = jnp.asarray([0.2]), jax.random.PRNGKey(4)
+    value = make_value_estimator(gauss_q_step, linear_reward, space, horizon, 1, logit_fn=gauss_logit,
+                                 weight_mode="sigmoid")
+    probe = make_logit_probe(gauss_q_step, gauss_logit, space, horizon, 1)
+    got, logits = jax.jit(value)(None, obs, actions, key), jax.jit(probe)(None, obs, actions, key)
+    keys = jax.random.split(key, horizon)
+    s, w, ret, want_logits = np.full((n, 1), 0.2), np.ones(n), np.zeros(n), []
+    for t in range(horizon):
+        a = np.asarray(actions[:, t])
+        s_next = s + a + MU_Q + SIG_Q * np.asarray(jax.random.normal(keys[t], (n, 1)))
+        logit = np.asarray(gauss_logit(None, jnp.asarray(s), jnp.asarray(a), jnp.asarray(s_next)))
+        w, s = w / (1.0 + np.exp(-logit)), s_next  # w <- w * sigma(D~)
+        ret += w * s[:, 0]
+        want_logits.append(logit)
+    assert logits.shape == (horizon, n)
+    np.testing.assert_allclose(np.asarray(logits), np.stack(want_logits), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(got), ret, rtol=1e-4, atol=1e-4)
 
 
 def test_correction_changes_the_plan():

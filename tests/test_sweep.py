@@ -154,6 +154,27 @@ def test_grid_gives_run_dirs_summary_and_curves_and_reports_its_failing_trials(t
     assert "eval_50" not in _csv(out / "summary.csv")[0] and "eval_100" in _csv(out / "summary.csv")[0]
 
 
+def test_env_registered_in_the_calling_process_works_in_its_trials(tmp_path, local_ray):
+    """`envs.register` with local lambdas, then a sweep: the trial processes get the env by value and train on it
+    (its rewards are the env's + 1000, so the evaluation shows which env the trial ran)."""
+    import gymnasium
+
+    from mbrlax import envs
+
+    def make():
+        env = gymnasium.wrappers.TransformReward(gymnasium.make(ENV), lambda r: r + 1000.0)
+        return gymnasium.wrappers.TimeLimit(env, max_episode_steps=30)
+
+    envs.register("ShiftedPendulum-v0", make, termination_fn=lambda obs, act, next_obs: abs(next_obs[:, 1]) > 0.2)
+    out = tmp_path / "sw"
+    result = sweep.run_sweep(out, algo="sac", env="ShiftedPendulum-v0", seeds=0,
+                             overrides={**TINY, "total_steps": 100}, live=False)
+    assert result.failed == [], result.errors
+    m = read_metrics(out / "sac__ShiftedPendulum-v0__s0")
+    assert m["eval_return"][-1] >= 1000.0
+    assert (out / "registered_envs.pkl").is_file()
+
+
 def _csv(path) -> list[dict]:
     import csv
 

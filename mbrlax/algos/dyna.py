@@ -10,12 +10,15 @@
 What a method changes (PMAC's data weights, MEMR's starts, ReW's loss weights)
 is its `ModelUsage` strategy (mbrlax/usage/base.py), chosen by `cfg.algo` from the
 registry; its state is `RunState.usage`. Everything the loop carries between
-steps is the `RunState` pytree plus a few host counters.
+steps is the `RunState` pytree plus, per seed, a `Lane` of host state (envs,
+run directory, counters); several seeds run in one loop with the RunState
+vmapped over them (mbrlax/seeds.py).
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +40,7 @@ from mbrlax.run.checkpoint import save_checkpoint
 from mbrlax.run.metrics import MetricsLogger
 from mbrlax.run.progress import ProgressBar
 from mbrlax.run.stop import StopSignals
+from mbrlax.seeds import Seeds
 from mbrlax.types import Transition
 from mbrlax.usage import ModelUsage, make_usage
 from mbrlax.usage.base import model_buffer_rows
@@ -73,21 +77,25 @@ def init_run_state(cfg: TrainConfig, obs_dim: int, act_dim: int, usage: ModelUsa
 
 @dataclass
 class Dyna:
-    """Jitted pieces of the loop for one config and strategy (built once, reused after resume)."""
+    """Jitted pieces of the loop for one config and strategy (built once, reused after resume).
+
+    With several `seeds` (mbrlax/seeds.py) the RunState and every per-seed argument carry a leading seed
+    axis and the same pieces run vmapped over it; the seeds differ only in their random streams."""
 
     cfg: TrainConfig
     obs_dim: int
     act_dim: int
     usage: ModelUsage | None = None
+    seeds: Seeds | None = None
 
     def __post_init__(self):
         cfg = self.cfg
         usage = self.usage = self.usage or make_usage(cfg)
-        self.root_key = jax.random.key(cfg.seed)
+        seeds = self.seeds = self.seeds or Seeds((cfg.seed,))
         self.termination_fn = envs.termination_fn(cfg.env) if usage.uses_model else None
         spec = envs.get_spec(cfg.env)
         self.reward_fn = spec.reward if usage.uses_model and spec.custom else None  # your env's known reward
-        self.model_trainer = ModelTrainer(cfg.model)
+        self.model_trainer = ModelTrainer(cfg.model, seeds=seeds)
 
         def sample_batch(data, key):
             real, imagined, window, u = data
@@ -95,15 +103,17 @@ class Dyna:
 
         sac_update = make_sac_update(cfg.sac, self.act_dim, sample_batch)
 
-        def traced(name, fn, **jit_kw):
+        def traced(name, fn, in_axes, with_seed=True, **jit_kw):
+            """jit(fn) (vmapped over the seeds); with_seed: the seed is its first argument, given here."""
             def counting(*args):
                 TRACE_COUNTS[name] += 1
                 return fn(*args)
 
-            return jax.jit(counting, **jit_kw)
+            jitted = jax.jit(seeds.vmap(counting, in_axes), **jit_kw)
+            return functools.partial(jitted, seeds.ids()) if with_seed else jitted
 
-        def step_key(step, stream):
-            return jax.random.fold_in(jax.random.fold_in(self.root_key, step), stream)
+        def step_key(seed, step, stream):
+            return jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), step), stream)
 
         def add_real(state: RunState, tr: Transition):
             real = buffer_add(state.real, jax.tree.map(lambda x: x[None], tr))
@@ -111,19 +121,19 @@ class Dyna:
             u = usage.on_real_step(state.usage, real, row, state.agent.params["actor"])
             return state.replace(real=real, usage=u)
 
-        def agent_step(state: RunState, tr: Transition, window, step):
+        def agent_step(seed, state: RunState, tr: Transition, window, step):
             state = add_real(state, tr)
-            state = state.replace(usage=usage.before_updates(state.usage, state, step_key(step, 6)))
+            state = state.replace(usage=usage.before_updates(state.usage, state, step_key(seed, step, 6)))
             data = (state.real, state.imagined, window, state.usage)
-            agent, metrics = sac_update(state.agent, data, step_key(step, 1))
-            u, agent = usage.after_updates(state.usage, state.replace(agent=agent), step_key(step, 7))
+            agent, metrics = sac_update(state.agent, data, step_key(seed, step, 1))
+            u, agent = usage.after_updates(state.usage, state.replace(agent=agent), step_key(seed, step, 7))
             return state.replace(agent=agent, usage=u), metrics
 
-        def act(actor, obs, step):
-            return sample_action(actor, obs[None], step_key(step, 2))[0][0]
+        def act(seed, actor, obs, step):
+            return sample_action(actor, obs[None], step_key(seed, step, 2))[0][0]
 
-        def rollout(state: RunState, horizon, step):
-            k_start, k_roll, k_after = jax.random.split(step_key(step, 3), 3)
+        def rollout(seed, state: RunState, horizon, step):
+            k_start, k_roll, k_after = jax.random.split(step_key(seed, step, 3), 3)
             actor = state.agent.params["actor"]
             idx, extras = usage.rollout_starts(state.usage, state.real, k_start, cfg.rollout.batch_size)
             trs, valid, dis = usage.rollout(state.model, actor, gather(state.real, idx).obs, k_roll, horizon,
@@ -137,51 +147,55 @@ class Dyna:
             u = usage.after_rollout(state.usage, idx, extras, trs, valid, dis, actor, k_after)
             return state.replace(imagined=imagined, usage=u), finite, jnp.sum(valid)
 
-        def diagnostics(model, real: Buffer, step):
+        def diagnostics(seed, model, real: Buffer, step):
             """The current model's errors on the newest chunk, before it trains on it."""
-            return model_diagnostics(model, real, step_key(step, 4), cfg.model.train_freq)
+            return model_diagnostics(model, real, step_key(seed, step, 4), cfg.model.train_freq)
 
-        def before_training(u, real: Buffer, actor, step):
+        def before_training(seed, u, real: Buffer, actor, step):
             """The strategy's per-round update and this round's real-data weights."""
-            u = usage.on_model_round(u, real, actor, step_key(step, 5))
+            u = usage.on_model_round(u, real, actor, step_key(seed, step, 5))
             return u, usage.real_data_weights(u, real)
 
         def training_data(real: Buffer):
             d = real.data
             return model_inputs(d.obs, d.action), model_targets(d.obs, d.reward, d.next_obs)
 
-        self.add_real = traced("add_real", add_real, donate_argnums=(0,))
-        self.agent_step = traced("agent_step", agent_step, donate_argnums=(0,))
-        self.rollout = traced("rollout", rollout, donate_argnums=(0,))
-        self.before_training = traced("before_training", before_training)
-        self.diagnostics = traced("diagnostics", diagnostics)
-        self.act = traced("act", act)
-        self.act_deterministic = traced("act_deterministic", lambda a, o: deterministic_action(a, o[None])[0])
-        self.training_data = traced("training_data", training_data)
+        # Per seed: the seed, then (0) per-seed values or (None) values shared by the seeds.
+        self.add_real = traced("add_real", add_real, (0, 0), with_seed=False, donate_argnums=(0,))
+        self.agent_step = traced("agent_step", agent_step, (0, 0, 0, None, None), donate_argnums=(1,))
+        self.rollout = traced("rollout", rollout, (0, 0, None, None), donate_argnums=(1,))
+        self.before_training = traced("before_training", before_training, (0, 0, 0, 0, None))
+        self.diagnostics = traced("diagnostics", diagnostics, (0, 0, 0, None))
+        self.act = traced("act", act, (0, 0, 0, None))
+        self.training_data = traced("training_data", training_data, (0,), with_seed=False)
+        # One seed's policy (evaluation runs seed by seed).
+        self.act_deterministic = jax.jit(lambda a, o: deterministic_action(a, o[None])[0])
 
     def window(self, horizon: int) -> int:
         """Model-buffer rows SAC samples from: retain_epochs of rollouts at the current horizon."""
         return model_buffer_rows(self.cfg, horizon)
 
-    def train_model(self, state: RunState, env_steps: int) -> tuple[RunState, dict]:
-        """One model round: diagnostics, the strategy's data weights, then model training."""
-        step = jnp.int32(env_steps)
-        trained = bool(np.all(np.isfinite(np.asarray(state.model.holdout_mse))))  # no errors of an untrained model
-        diag = self.diagnostics(state.model, state.real, step) if trained else dict.fromkeys(DIAGNOSTIC_COLUMNS, np.nan)
+    def train_model(self, state: RunState, env_steps: int) -> tuple[RunState, list[dict]]:
+        """One model round: diagnostics, the strategy's data weights, then model training (per seed: an info)."""
+        seeds, step = self.seeds, jnp.int32(env_steps)
+        # No errors of an untrained model (the seeds train on the same schedule).
+        trained = bool(np.all(np.isfinite(np.asarray(state.model.holdout_mse))))
+        diags = (seeds.split(self.diagnostics(state.model, state.real, step)) if trained
+                 else [dict.fromkeys(DIAGNOSTIC_COLUMNS, np.nan)] * seeds.n)
         u, weights = self.before_training(state.usage, state.real, state.agent.params["actor"], step)
         state = state.replace(usage=u)
-        weights = None if weights is None else np.asarray(weights)
+        weights = [None] * seeds.n if weights is None else [np.asarray(w) for w in seeds.split(weights)]
         x, y = self.training_data(state.real)
-        rng = np.random.default_rng([self.cfg.seed, env_steps, 4])
-        model, info = self.model_trainer.train(
-            state.model, x, y, int(state.real.size), rng, **self.usage.model_train_args(weights)
-        )
-        finite = np.isfinite(info["model/train_loss"]) and all(
+        rngs = [np.random.default_rng([seed, env_steps, 4]) for seed in seeds.values]
+        n = int(np.asarray(state.real.size).flat[0])  # the seeds collect in lockstep
+        model, infos = self.model_trainer.train_seeds(state.model, x, y, n, rngs,
+                                                      [self.usage.model_train_args(w) for w in weights])
+        finite = all(np.isfinite(i["model/train_loss"]) for i in infos) and all(
             bool(jnp.all(jnp.isfinite(p))) for p in jax.tree.leaves(model.params)
         )
         if not finite:
             raise NonFiniteError(f"model training produced NaN/Inf at env step {env_steps}")
-        return state.replace(model=model), {**info, **{k: float(v) for k, v in diag.items()}}
+        return state.replace(model=model), [{**i, **{k: float(v) for k, v in d.items()}} for i, d in zip(infos, diags)]
 
 
 def scale_action(action: np.ndarray, space) -> np.ndarray:
@@ -225,107 +239,136 @@ class Timer:
         return out
 
 
-def run_loop(
-    dyna: Dyna,
-    state: RunState,
-    meta: dict,
-    run_dir: Path,
-    logger: MetricsLogger,
-    stop_at: int | None = None,
-    timer: Timer | None = None,
-) -> tuple[RunState, dict]:
-    """Run from meta["env_steps"] to cfg.total_steps (or `stop_at`), checkpointing each epoch; on SIGTERM or
-    SIGINT, checkpoint at the end of the current env step and raise RunStopped (mbrlax/run/stop.py)."""
-    cfg = dyna.cfg
-    timer = timer or Timer()
-    env = envs.make(cfg.env, seed=cfg.seed + meta["env_steps"])
-    eval_env = envs.make(cfg.env, seed=cfg.seed + 10_000 + meta["env_steps"])
-    space = env.action_space
-    obs, _ = env.reset()
-    ep_return, last = 0.0, meta.setdefault("last", {})  # the latest values of every row, kept in checkpoints
-    usage = dyna.usage
-    horizon = usage.rollout_horizon(max(meta["env_steps"] - cfg.init_steps, 0) // cfg.steps_per_epoch)
-    updates_per_step = cfg.sac.updates_per_step
-    wall0 = time.perf_counter() - meta.get("wall_time", 0.0)
-    end = min(cfg.total_steps, stop_at or cfg.total_steps)
+@dataclass
+class Lane:
+    """One seed's side of the loop on the host: its run directory, metrics file and meta (saved with its
+    checkpoint), and while the loop runs its envs and episode."""
 
-    with ProgressBar(cfg.total_steps, initial=meta["env_steps"], enabled=cfg.progress) as bar, StopSignals() as stop:
-        while meta["env_steps"] < end:
-            step = meta["env_steps"]
+    run_dir: Path
+    logger: MetricsLogger
+    meta: dict
+    env: Any = None
+    eval_env: Any = None
+    obs: Any = None
+    ep_return: float = 0.0
+
+
+def run_loop(dyna: Dyna, state: RunState, lanes: list[Lane], stop_at: int | None = None,
+             timer: Timer | None = None) -> RunState:
+    """Run every seed (one Lane each, in `dyna.seeds` order, all at the same env step) from there to
+    cfg.total_steps (or `stop_at`), checkpointing each epoch; on SIGTERM or SIGINT, checkpoint at the end of the
+    current env step and raise RunStopped (mbrlax/run/stop.py)."""
+    cfg, seeds, usage = dyna.cfg, dyna.seeds, dyna.usage
+    timer = timer or Timer()
+    start = lanes[0].meta["env_steps"]
+    for lane, seed in zip(lanes, seeds.values, strict=True):
+        lane.env = envs.make(cfg.env, seed=seed + start)
+        lane.eval_env = envs.make(cfg.env, seed=seed + 10_000 + start)
+        lane.obs, _ = lane.env.reset()
+        lane.meta.setdefault("last", {})  # the latest values of every row, kept in checkpoints
+    space = lanes[0].env.action_space
+    horizon = usage.rollout_horizon(max(start - cfg.init_steps, 0) // cfg.steps_per_epoch)
+    updates_per_step = cfg.sac.updates_per_step
+    wall0 = time.perf_counter() - lanes[0].meta.get("wall_time", 0.0)
+    end = min(cfg.total_steps, stop_at or cfg.total_steps)
+    step = start
+
+    def checkpoint():
+        for lane, view in zip(lanes, seeds.split(state)):
+            save_checkpoint(lane.run_dir, view, lane.meta)
+
+    with ProgressBar(cfg.total_steps, initial=start, enabled=cfg.progress) as bar, StopSignals() as stop:
+        while step < end:
             loop_step = step - cfg.init_steps
             learning = loop_step >= 0
             epoch = max(loop_step, 0) // cfg.steps_per_epoch
 
             # Model training (MBPO Alg. 2, lines 3-4) and model rollouts (lines 5-8).
             if usage.uses_model and learning and loop_step % cfg.model.train_freq == 0:
-                state, info = timer("model_train", dyna.train_model, state, step)
-                last.update(info)
+                state, infos = timer("model_train", dyna.train_model, state, step)
+                for lane, info in zip(lanes, infos):
+                    lane.meta["last"].update(info)
             if usage.uses_model and learning and usage.rollout_due(loop_step):
                 horizon = usage.rollout_horizon(epoch)
                 state, finite, n_new = timer("rollout", dyna.rollout, state, jnp.int32(horizon), step)
-                if not bool(finite):
+                if not np.all(np.asarray(finite)):
                     raise NonFiniteError(f"model rollouts produced NaN/Inf at env step {step}")
-                meta["model_transitions"] = meta.get("model_transitions", 0) + int(n_new)
-                last.update({"rollout/horizon": horizon, "rollout/transitions": int(n_new),
-                             "rollout/model_transitions": meta["model_transitions"],
-                             "rollout/model_buffer_size": int(state.imagined.size)})
+                for lane, n, size in zip(lanes, seeds.split(np.asarray(n_new)), seeds.split(np.asarray(state.imagined.size))):
+                    lane.meta["model_transitions"] = lane.meta.get("model_transitions", 0) + int(n)
+                    lane.meta["last"].update({"rollout/horizon": horizon, "rollout/transitions": int(n),
+                                              "rollout/model_transitions": lane.meta["model_transitions"],
+                                              "rollout/model_buffer_size": int(size)})
 
-            # Act in the real env.
+            # Act in the real envs.
             t0 = time.perf_counter()
             if learning:
-                action = np.asarray(dyna.act(state.agent.params["actor"], np.float32(obs), step))
+                obs = seeds.combine([np.float32(lane.obs) for lane in lanes])
+                actions = seeds.split(np.asarray(dyna.act(state.agent.params["actor"], obs, step)))
             else:
-                action = np.random.default_rng([cfg.seed, step]).uniform(-1.0, 1.0, space.shape)
-            next_obs, reward, term, trunc, _ = env.step(scale_action(action, space))
-            tr = Transition(
-                obs=np.float32(obs), action=np.float32(action), reward=np.float32(reward),
-                next_obs=np.float32(next_obs), done=np.float32(term),
-            )
-            ep_return += float(reward)
-            obs = next_obs
-            if term or trunc:
-                last["train/episode_return"] = ep_return
-                obs, _ = env.reset()
-                ep_return = 0.0
+                actions = [np.random.default_rng([seed, step]).uniform(-1.0, 1.0, space.shape) for seed in seeds.values]
+            transitions = []
+            for lane, action in zip(lanes, actions):
+                next_obs, reward, term, trunc, _ = lane.env.step(scale_action(action, space))
+                transitions.append(Transition(
+                    obs=np.float32(lane.obs), action=np.float32(action), reward=np.float32(reward),
+                    next_obs=np.float32(next_obs), done=np.float32(term),
+                ))
+                lane.ep_return += float(reward)
+                lane.obs = next_obs
+                if term or trunc:
+                    lane.meta["last"]["train/episode_return"] = lane.ep_return
+                    lane.obs, _ = lane.env.reset()
+                    lane.ep_return = 0.0
+            tr = seeds.combine(transitions)
             timer.totals["env_step"] += time.perf_counter() - t0
 
             # Agent updates (G per env step, one lax.scan).
             if learning:
                 state, metrics = timer("agent_update", dyna.agent_step, state, tr, dyna.window(horizon), step)
-                if not bool(metrics["sac/finite"]):
+                if not np.all(np.asarray(metrics["sac/finite"])):
                     raise NonFiniteError(f"SAC update produced NaN/Inf at env step {step}")
-                sac_metrics = metrics
-                meta["agent_updates"] = meta.get("agent_updates", 0) + updates_per_step
+                sac_metrics = seeds.split(metrics)
             else:
                 state = dyna.add_real(state, tr)
-            meta["env_steps"] = step + 1
+            step += 1
+            for lane in lanes:
+                lane.meta["env_steps"] = step
+                if learning:
+                    lane.meta["agent_updates"] = lane.meta.get("agent_updates", 0) + updates_per_step
             bar.update(1)
 
-            # Epoch end: evaluate, log, checkpoint.
-            if meta["env_steps"] % cfg.steps_per_epoch == 0 or meta["env_steps"] == end:
-                ret, ret_std = timer("evaluate", evaluate, dyna, state.agent.params["actor"], eval_env, cfg.eval_episodes)
-                wall = time.perf_counter() - wall0
-                row = {"env_steps": meta["env_steps"], "eval_return": ret, "eval_return_std": ret_std}
-                row.update(last)
-                if learning:
-                    row.update({k: float(v) for k, v in sac_metrics.items() if k != "sac/finite"})
-                row.update(usage.metrics(state))
-                row.update({"agent/updates": meta.get("agent_updates", 0), "time/wall": wall,
-                            **{f"time/{k}": v for k, v in timer.totals.items()}})
-                logger.log(_fill_columns(row, usage, logger.header))
-                bar.update(0, eval_return=ret)
-                meta["wall_time"] = wall
-                meta["epochs_done"] = meta.get("epochs_done", 0) + 1
-                reached = cfg.stop_return is not None and ret >= cfg.stop_return
-                if meta["epochs_done"] % cfg.checkpoint_every == 0 or meta["env_steps"] == end or reached:
-                    timer("checkpoint", save_checkpoint, run_dir, state, meta)
+            # Epoch end: evaluate, log, checkpoint (seed by seed).
+            if step % cfg.steps_per_epoch == 0 or step == end:
+                returns = []
+                for i, (lane, view) in enumerate(zip(lanes, seeds.split(state))):
+                    ret, ret_std = timer("evaluate", evaluate, dyna, view.agent.params["actor"], lane.eval_env,
+                                         cfg.eval_episodes)
+                    returns.append(ret)
+                    wall = time.perf_counter() - wall0
+                    row = {"env_steps": step, "eval_return": ret, "eval_return_std": ret_std}
+                    row.update(lane.meta["last"])
+                    if learning:
+                        row.update({k: float(v) for k, v in sac_metrics[i].items() if k != "sac/finite"})
+                    row.update(usage.metrics(view))
+                    row.update({"agent/updates": lane.meta.get("agent_updates", 0), "time/wall": wall,
+                                **{f"time/{k}": v for k, v in timer.totals.items()}})
+                    lane.logger.log(_fill_columns(row, usage, lane.logger.header))
+                    lane.meta["wall_time"] = wall
+                    lane.meta["epochs_done"] = lane.meta.get("epochs_done", 0) + 1
+                bar.update(0, eval_return=float(np.mean(returns)))
+                reached = cfg.stop_return is not None and min(returns) >= cfg.stop_return  # every seed
+                if lanes[0].meta["epochs_done"] % cfg.checkpoint_every == 0 or step == end or reached:
+                    timer("checkpoint", checkpoint)
                 if reached:
-                    print(f"mbrlax: eval_return {ret:.1f} >= stop_return {cfg.stop_return}: stopping")
+                    print(f"mbrlax: eval_return {min(returns):.1f} >= stop_return {cfg.stop_return}: stopping")
                     break
-            if stop.requested and meta["env_steps"] < end:  # SIGTERM/SIGINT: the end of an env step is a safe point
-                meta["wall_time"] = time.perf_counter() - wall0
-                stop.checkpoint_and_raise(run_dir, state, meta, f"env step {meta['env_steps']} of {cfg.total_steps}")
-    return state, meta
+            if stop.requested and step < end:  # SIGTERM/SIGINT: the end of an env step is a safe point
+                for lane in lanes:
+                    lane.meta["wall_time"] = time.perf_counter() - wall0
+                checkpoint()
+                where = lanes[0].run_dir if seeds.n == 1 else lanes[0].run_dir.parent
+                stop.raise_stopped(where, f"env step {step} of {cfg.total_steps}")
+    return state
 
 
 def _fill_columns(row: dict, usage: ModelUsage, header: list[str] | None = None) -> dict:

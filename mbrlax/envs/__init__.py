@@ -181,6 +181,11 @@ def register(env_id: str, make_fn: Callable[..., gymnasium.Env], termination_fn:
     return spec
 
 
+def registered_spec(env_id: str) -> EnvSpec | None:
+    """The spec of an env registered in this process with `register`, else None."""
+    return _REGISTERED.get(env_id)
+
+
 def _importable_from_cwd() -> None:
     """User modules given on the command line import from the current directory, as with `python -m`."""
     if "" not in sys.path and os.getcwd() not in sys.path:

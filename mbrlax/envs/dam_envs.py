@@ -14,6 +14,10 @@ the pure-``jnp`` planning rewards :func:`icyroad_reward` and
 env's own reward exactly: the env computes its reward with the same formula
 (``_icyroad_reward`` / ``_intersection_reward`` with ``xp=numpy``) on the float32
 observation it returns.
+
+:func:`icyroad_value` and :func:`intersection_value` give each env's exact optimum
+(and the value of uniformly random actions) by dynamic programming over the env's
+own ``transition`` and ``reward_of``: 10 and 112 with the default constants.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ __all__ = [
     "icyroad_step",
     "intersection_reward",
     "intersection_step",
+    "icyroad_value",
+    "intersection_value",
     "make_intersection_reward",
     "register_envs",
 ]
@@ -133,6 +139,11 @@ class IcyRoadEnv(gymnasium.Env):
       independent of ``speed_threshold`` (which only drives the swerve).
     * ``reset(options={"state": s})`` starts from an arbitrary state ``s`` (used to
       probe p(s'|s, a), e.g. at Fig. 2's s = (2, 0, 2, 0)).
+
+    With these constants the best expected return is 10 (accelerate once, then cruise
+    at speed 2: no swerve risk; a swerve chance of 0.8 makes speed 3 not worth it) and
+    uniformly random actions score 2.19: exact dynamic programming over this env,
+    :func:`icyroad_value`.
     """
 
     metadata = {"render_modes": []}
@@ -172,22 +183,27 @@ class IcyRoadEnv(gymnasium.Env):
         self._t = 0
         return self._obs(), {}
 
+    def transition(self, state: np.ndarray, action: int, u: float) -> np.ndarray:
+        """This env's transition (float64 state) for the uniform draw u (:func:`icyroad_step`)."""
+        return icyroad_step(state, int(action), u, dt=self.dt, speed_threshold=self.speed_threshold,
+                            swerve_prob=self.swerve_prob, swerve_speed=self.swerve_speed)
+
+    def outcomes(self, state: np.ndarray, action: int) -> list[tuple[float, np.ndarray]]:
+        """Every (probability, next state) of one step: u below p/2 swerves to -y, u in [p/2, p) to +y,
+        u >= p does not swerve, so one draw from each interval gives the exact distribution."""
+        p = self.swerve_prob
+        return [(w, self.transition(state, action, u)) for w, u in ((p / 2, 0.0), (p / 2, p / 2), (1 - p, p)) if w > 0]
+
+    def reward_of(self, state: np.ndarray) -> float:
+        """Eq. 20 of the next state, as the env returns it (computed on the float32 observation)."""
+        return float(_icyroad_reward(state.astype(np.float32)[None], np)[0])
+
     def step(self, action):
         if not self.action_space.contains(action):
             raise ValueError(f"invalid action {action!r}: must be 0, 1 or 2")
-        self._state = icyroad_step(
-            self._state,
-            int(action),
-            float(self.np_random.random()),
-            dt=self.dt,
-            speed_threshold=self.speed_threshold,
-            swerve_prob=self.swerve_prob,
-            swerve_speed=self.swerve_speed,
-        )
+        self._state = self.transition(self._state, int(action), float(self.np_random.random()))
         self._t += 1
-        obs = self._obs()
-        reward = float(_icyroad_reward(obs[None], np)[0])
-        return obs, reward, False, self._t >= self.episode_steps, {}
+        return self._obs(), self.reward_of(self._state), False, self._t >= self.episode_steps, {}
 
 
 # ---------------------------------------------------------------------- Intersection
@@ -278,8 +294,9 @@ class IntersectionEnv(gymnasium.Env):
     * Start: agent at (1.5, -10) with ydot = 5, oncoming car at (-1.5, +10) with
       ydot = -5 ("velocity 5 / -5"): mirror images at ``start_distance`` = 10 from
       the centre, so both enter the intersection (|y| <= 3) at the same time
-      (step 7). Semi-implicit Euler with ``dt`` = 0.2: 25 steps = 5 time units and
-      positions stay on a 0.5 grid (exact in float32).
+      (step 7). Semi-implicit Euler with ``dt`` = 0.2: 25 steps = 5 time units; with
+      integer speeds positions move in multiples of 0.2 (-10 + 0.8 = -9.2; not exact in
+      float32).
     * Turn: left or right with probability ``turn_left_prob`` = 1/2, drawn at
       reset from ``self.np_random`` and not observable until it happens (the
       observation is identical for both outcomes before it). The oncoming car
@@ -292,16 +309,21 @@ class IntersectionEnv(gymnasium.Env):
       0.7, 2.1 < ``collision_radius`` = 2.5). Turning left at this near point
       (rather than into the far lane y = -1.5, where the agent would already be
       past) is what makes the paper's "entering at the same time" produce the
-      conflict. The turn happens at step 9, too late for the agent to react after
-      seeing it: it must slow down in advance.
+      conflict. The turn happens at step 9 and shows in the observation after it;
+      the first collision of a full-speed agent is at step 10, so an agent that has
+      slowed a little before the intersection can still react to the turn.
     * Speed: ``accel`` = 1 per step; the agent's speed is clipped to [0,
       ``max_speed``] with ``max_speed`` = 5, its start speed ("full speed"), so
       accelerating only regains speed after braking. With a higher cap an agent
       could race through before the left-turner and the dilemma would vanish.
       Returns (default parameters): full speed 125 if the car turns right and
-      125 - 4*10 = 85 if it turns left; braking for 5 steps then accelerating
-      back avoids the collision for 100 either way; always braking stops the car
-      far from the intersection.
+      125 - 4*10 = 85 if it turns left (expected 105); braking for 5 steps then
+      accelerating back avoids the collision for 100 either way; keeping speed 4
+      steps and then stopping for good gives 30; always braking stops the car far
+      from the intersection. The best expected return is 112 (106 left / 118
+      right: slow down slightly before the intersection, then react to the turn),
+      116 if the turn were known in advance, 74.6 for uniformly random actions:
+      exact dynamic programming over this env, :func:`intersection_value`.
     * Collisions do not change the dynamics: the cars pass through each other and
       every step they overlap costs the penalty (Eq. 21 evaluated per step).
     * ``reset(options={"turn_left": bool})`` forces the turn (tests, analysis);
@@ -366,25 +388,123 @@ class IntersectionEnv(gymnasium.Env):
         self._t = 0
         return self._obs(), {}
 
+    def transition(self, state: np.ndarray, action: int, turn_left: bool) -> np.ndarray:
+        """This env's transition (float64 state) given the hidden turn (:func:`intersection_step`)."""
+        return intersection_step(state, int(action), turn_left, dt=self.dt, accel=self.accel,
+                                 max_speed=self.max_speed, lane_offset=self.lane_offset)
+
+    def reward_of(self, state: np.ndarray) -> float:
+        """Eq. 21 of the next state, as the env returns it (computed on the float32 observation)."""
+        obs = state.astype(np.float32)[None]
+        return float(_intersection_reward(obs, self.collision_radius, self.collision_penalty, np)[0])
+
     def step(self, action):
         if not self.action_space.contains(action):
             raise ValueError(f"invalid action {action!r}: must be 0, 1 or 2")
-        self._state = intersection_step(
-            self._state,
-            int(action),
-            self._turn_left,
-            dt=self.dt,
-            accel=self.accel,
-            max_speed=self.max_speed,
-            lane_offset=self.lane_offset,
-        )
+        self._state = self.transition(self._state, int(action), self._turn_left)
         self._t += 1
         obs = self._obs()
-        reward = float(
-            _intersection_reward(obs[None], self.collision_radius, self.collision_penalty, np)[0]
-        )
         collision = bool(_collision(obs, self.collision_radius, np))
-        return obs, reward, False, self._t >= self.episode_steps, {"collision": collision}
+        return obs, self.reward_of(self._state), False, self._t >= self.episode_steps, {"collision": collision}
+
+
+# ------------------------------------------------------------- exact values (dynamic programming)
+
+POLICIES = ("optimal", "random")
+
+
+def _mean(values):
+    return sum(values) / len(values)
+
+
+def _aggregate(policy: str):
+    """How a policy combines the values of the 3 actions: max (optimal) or mean (uniform random)."""
+    if policy not in POLICIES:
+        raise ValueError(f"invalid policy={policy!r}: must be one of {POLICIES}")
+    return max if policy == "optimal" else _mean
+
+
+def _key(t: int, state: np.ndarray) -> tuple:
+    """Memo key: time and the state rounded (different action paths give float sums differing by ~1e-15)."""
+    return (t, *np.round(state, 6).tolist())
+
+
+def icyroad_value(env: "IcyRoadEnv | None" = None, policy: str = "optimal") -> float:
+    """Exact expected return from the start state of `env` (default IcyRoad-v0's constants) under the
+    optimal policy (expectimax) or uniformly random actions, by dynamic programming over the env's own
+    transition, swerve probabilities and reward (`env.outcomes`, `env.reward_of`). The state is fully
+    observed, so the optimum is over policies of the current state and time."""
+    env = IcyRoadEnv() if env is None else env
+    agg, memo = _aggregate(policy), {}
+
+    def value(t, state):
+        if t == env.episode_steps:
+            return 0.0
+        key = _key(t, state)
+        if key not in memo:
+            memo[key] = agg([sum(w * (env.reward_of(nxt) + value(t + 1, nxt)) for w, nxt in env.outcomes(state, a))
+                             for a in range(3)])
+        return memo[key]
+
+    return value(0, np.array(env.START_STATE))
+
+
+def intersection_value(env: "IntersectionEnv | None" = None, policy: str = "optimal") -> dict:
+    """Exact expected return of Intersection (default constants) by dynamic programming over the env's
+    own transition and reward. The turn is hidden: while both turns give the same observation the
+    agent must act the same way in both (non-anticipative), and after the observations differ it
+    knows the turn. Returns {"expected", "left", "right"} (the return of that policy given each
+    turn), "perfect_information" (the optimum when the turn is known from the start; equal to
+    "expected" for the random policy) and, for the optimal policy, "plan_left" / "plan_right": the
+    actions it takes (a string of 0/1/2) in each case."""
+    env = IntersectionEnv() if env is None else env
+    optimal = _aggregate(policy) is max
+    p, steps = env.turn_left_prob, env.episode_steps
+    known, pooled = {}, {}
+
+    def best(options):  # options, one per action: (expected value, values and plans given the turn...)
+        if optimal:  # the action of the highest expected value, with its consequences
+            return max(options, key=lambda o: o[0])
+        return tuple(_mean([o[i] for o in options]) if isinstance(o0, float) else "" for i, o0 in enumerate(options[0]))
+
+    def full(t, state, left):  # the turn is known: (value, plan from t)
+        if t == steps:
+            return 0.0, ""
+        key = (*_key(t, state), left)
+        if key not in known:
+            options = []
+            for a in range(3):
+                nxt = env.transition(state, a, left)
+                v, plan = full(t + 1, nxt, left)
+                options.append((env.reward_of(nxt) + v, str(a) + plan))
+            known[key] = best(options)
+        return known[key]
+
+    def hidden(t, state):  # same observation under both turns: (value, left value, right value, plans)
+        if t == steps:
+            return 0.0, 0.0, 0.0, "", ""
+        key = _key(t, state)
+        if key not in pooled:
+            options = []
+            for a in range(3):
+                nl, nr = env.transition(state, a, True), env.transition(state, a, False)
+                if np.array_equal(nl.astype(np.float32), nr.astype(np.float32)):
+                    v, vl, vr, pl, pr = hidden(t + 1, nl)
+                else:  # the turn shows in this observation: from here the agent knows it
+                    (vl, pl), (vr, pr) = full(t + 1, nl, True), full(t + 1, nr, False)
+                    v = p * vl + (1 - p) * vr
+                rl, rr = env.reward_of(nl), env.reward_of(nr)
+                options.append((p * rl + (1 - p) * rr + v, rl + vl, rr + vr, str(a) + pl, str(a) + pr))
+            pooled[key] = best(options)
+        return pooled[key]
+
+    start = env.start_state()
+    expected, left, right, plan_left, plan_right = hidden(0, start)
+    out = {"expected": expected, "left": left, "right": right,
+           "perfect_information": p * full(0, start, True)[0] + (1 - p) * full(0, start, False)[0]}
+    if policy == "optimal":
+        out.update(plan_left=plan_left, plan_right=plan_right)
+    return out
 
 
 def register_envs() -> None:

@@ -25,6 +25,7 @@ from jax.sharding import PartitionSpec
 from mbrlax.config import ModelConfig
 from mbrlax.models.ensemble import ModelState, logvar_bounds_penalty, make_optimizer, member_mse, member_nll_loss
 from mbrlax.parallel import AXIS, MEMBERS, SHARED, MemberSplit
+from mbrlax.seeds import Seeds
 
 CHUNK = 16  # max minibatches per jitted call
 
@@ -116,13 +117,15 @@ class ModelTrainer:
     """
 
     def __init__(self, cfg: ModelConfig, loss_fn: LossFn | None = None, score_fn: ScoreFn | None = None,
-                 penalty_fn: Callable[[dict], jax.Array] | None = None):
+                 penalty_fn: Callable[[dict], jax.Array] | None = None, seeds: Seeds | None = None):
         self.cfg = cfg
+        self.seeds = seeds = seeds or Seeds((0,))
         if loss_fn is None:
             loss_fn, penalty_fn = member_nll_loss, penalty_fn or logvar_bounds_penalty
         score_fn, penalty_fn = score_fn or member_mse, penalty_fn or no_penalty
         self.opt = opt = make_optimizer(cfg)
-        self.split = split = MemberSplit.for_config(cfg.ensemble_size, cfg.devices)
+        # Several seeds train vmapped on one device (their members are not split).
+        self.split = split = MemberSplit.for_config(cfg.ensemble_size, cfg.devices if seeds.n == 1 else 1)
         decays = cfg.weight_decays
         by_member = PartitionSpec(None, AXIS)  # [chunk, E, B] minibatch indices
 
@@ -162,9 +165,16 @@ class ModelTrainer:
             pick = lambda b, c: jnp.where(improved.reshape((-1,) + (1,) * (c.ndim - 1)), c, b)
             return jax.tree.map(pick, best_layers, layers)
 
-        self._train_chunk = jax.jit(train_chunk)
-        self._holdout = jax.jit(holdout)
-        self._keep_improved = jax.jit(keep_improved)
+        def train_chunk_while_active(params, opt_state, *args):
+            """A seed that has stopped (active False) keeps its parameters and optimizer state."""
+            *args, active = args
+            new_params, new_opt_state, loss = train_chunk(params, opt_state, *args)
+            keep = lambda new, old: jnp.where(active, new, old)
+            return jax.tree.map(keep, new_params, params), jax.tree.map(keep, new_opt_state, opt_state), loss
+
+        self._train_chunk = jax.jit(train_chunk if seeds.n == 1 else seeds.vmap(train_chunk_while_active, 0))
+        self._holdout = jax.jit(seeds.vmap(holdout, 0))
+        self._keep_improved = jax.jit(seeds.vmap(keep_improved, 0))
         self.epochs_run = self.minibatches_run = 0  # totals over all trainings (`mbrlax bench`)
 
     def place(self, state: ModelState, x, y, w):
@@ -205,64 +215,82 @@ class ModelTrainer:
         bootstrap: BootstrapSampler = uniform_bootstrap,
     ) -> tuple[ModelState, dict]:
         """Train on the first `n` rows of x [cap, in], y [cap, out] (weights [cap] scale the NLL)."""
-        cfg = self.cfg
-        if weights is None:
-            weights = jnp.ones(x.shape[0])
-        perm = rng.permutation(n)
-        n_hold = min(int(n * cfg.holdout_ratio), cfg.max_holdout)
-        hold, train = perm[:n_hold], perm[n_hold:]
-        if len(train) == 0:
-            raise ValueError(f"model training needs more data: {n} transitions give an empty train split")
-        mean, std = input_normalizer(np.asarray(x)[train])
-        state = state.replace(norm_mean=jnp.asarray(mean), norm_std=jnp.asarray(std))
-        padded = _holdout_padding(n_hold, cfg.max_holdout)
-        hold_idx = np.zeros(padded, np.int32)
-        hold_idx[:n_hold] = hold
-        hold_mask = np.arange(padded) < n_hold
-        if n_hold == 0:  # tiny data sets: fall back to the training rows
-            hold_idx, hold_mask = train[:cfg.max_holdout], np.ones(min(len(train), cfg.max_holdout))
-        hold_idx, hold_mask = jnp.asarray(hold_idx, jnp.int32), jnp.asarray(hold_mask, jnp.float32)
-        e = cfg.ensemble_size
-        params, opt_state, norm_mean, norm_std, x, y, weights = self.place(state, x, y, weights)
+        if self.seeds.n != 1:
+            raise ValueError(f"this trainer is for {self.seeds.n} seeds: use train_seeds")
+        state, infos = self.train_seeds(state, x, y, n, [rng], [{"weights": weights, "bootstrap": bootstrap}])
+        return state, infos[0]
 
-        boot = bootstrap(train, e, rng)
-        best_mse = np.full(e, np.inf)
+    def train_seeds(self, state: ModelState, x, y, n: int, rngs: list[np.random.Generator],
+                    options: list[dict]) -> tuple[ModelState, list[dict]]:
+        """Train every seed's model (state, x, y as `self.seeds.combine` gives them) on its first `n` rows, each
+        with its rng and options {weights, bootstrap} (see `train`); a seed whose early stopping ended stays
+        frozen while the others train. Returns the (combined) state and one info dict per seed."""
+        cfg, seeds, e = self.cfg, self.seeds, self.cfg.ensemble_size
+        n_hold = min(int(n * cfg.holdout_ratio), cfg.max_holdout)
+        if n - n_hold <= 0:
+            raise ValueError(f"model training needs more data: {n} transitions give an empty train split")
+        padded = _holdout_padding(n_hold, cfg.max_holdout)
+        states, xs, ys = seeds.split(state), seeds.split(x), seeds.split(y)
+        normed, placed, holds, boots = [], [], [], []
+        for st, xi, yi, rng, opts in zip(states, xs, ys, rngs, options):
+            perm = rng.permutation(n)
+            hold, train = perm[:n_hold], perm[n_hold:]
+            mean, std = input_normalizer(np.asarray(xi)[train])
+            st = st.replace(norm_mean=jnp.asarray(mean), norm_std=jnp.asarray(std))
+            normed.append(st)
+            hold_idx = np.zeros(padded, np.int32)
+            hold_idx[:n_hold] = hold
+            hold_mask = np.arange(padded) < n_hold
+            if n_hold == 0:  # tiny data sets: fall back to the training rows
+                hold_idx, hold_mask = train[:cfg.max_holdout], np.ones(min(len(train), cfg.max_holdout))
+            holds.append((jnp.asarray(hold_idx, jnp.int32), jnp.asarray(hold_mask, jnp.float32)))
+            w = opts.get("weights")
+            placed.append(self.place(st, xi, yi, jnp.ones(xi.shape[0]) if w is None else w))
+            boots.append((opts.get("bootstrap") or uniform_bootstrap)(train, e, rng))
+        params, opt_state, norm_mean, norm_std, x, y, weights = (seeds.combine(list(v)) for v in zip(*placed))
+        hold_idx, hold_mask = (seeds.combine(list(v)) for v in zip(*holds))
+
+        best_mse = [np.full(e, np.inf) for _ in range(seeds.n)]
         best_layers = params["layers"]
-        epochs, since_improved, loss = 0, 0, float("nan")
-        while True:
-            idx, valid = _epoch_batches(boot, cfg.batch_size, rng)
-            idx, valid = self.pad_members(idx, 0), self.pad_members(valid, False)
+        epochs, since_improved, loss = [0] * seeds.n, [0] * seeds.n, [float("nan")] * seeds.n
+        active = [True] * seeds.n
+        while any(active):
+            batches = [_epoch_batches(boot, cfg.batch_size, rng) for boot, rng in zip(boots, rngs)]
+            idx = [self.pad_members(i, 0) for i, _ in batches]
+            valid = [self.pad_members(v, False) for _, v in batches]
+            n_batches = len(idx[0])
+            flags = () if seeds.n == 1 else (seeds.combine([np.bool_(a) for a in active]),)
             total = 0.0
-            for a, b in _chunks(len(idx)):
+            for a, b in _chunks(n_batches):
                 params, opt_state, l_sum = self._train_chunk(
-                    params, opt_state, norm_mean, norm_std, x, y, weights, idx[a:b], valid[a:b]
-                )
+                    params, opt_state, norm_mean, norm_std, x, y, weights,
+                    seeds.combine([i[a:b] for i in idx]), seeds.combine([v[a:b] for v in valid]), *flags)
                 total += l_sum
-            loss = float(total) / len(idx)
-            epochs += 1
-            self.epochs_run, self.minibatches_run = self.epochs_run + 1, self.minibatches_run + len(idx)
-            mse = np.asarray(self._holdout(params, norm_mean, norm_std, x, y, weights, hold_idx, hold_mask))[:e]
-            with np.errstate(invalid="ignore"):  # first epoch: best is inf
-                improved = (best_mse - mse) / np.abs(best_mse) > cfg.improvement_threshold  # |.|: NLL scores may be < 0
-            improved |= np.isinf(best_mse) & np.isfinite(mse)
-            if improved.any():
-                best_layers = self._keep_improved(best_layers, params["layers"], self.pad_members(improved, False))
-                best_mse = np.where(improved, mse, best_mse)
-                since_improved = 0
-            else:
-                since_improved += 1
-            if not np.isfinite(loss) or since_improved > cfg.patience or (cfg.max_epochs and epochs >= cfg.max_epochs):
-                break
-        params, opt_state = self.split.unplace(dict(params, layers=best_layers), self.opt, opt_state)
-        elites = np.argsort(best_mse)[: cfg.num_elites]
-        state = state.replace(
-            params=params, opt_state=opt_state, elites=jnp.asarray(elites, jnp.int32),
-            holdout_mse=jnp.asarray(best_mse),
-        )
-        info = {
-            "model/train_loss": loss,
-            "model/holdout_mse": float(np.mean(best_mse[elites])),
-            "model/epochs": epochs,
-            "model/train_size": len(train),
-        }
-        return state, info
+            mse = seeds.split(self._holdout(params, norm_mean, norm_std, x, y, weights, hold_idx, hold_mask))
+            improved_all = []
+            for s, was_active in enumerate(active):
+                improved = np.zeros(e, bool)
+                if was_active:
+                    loss[s] = float(seeds.split(total)[s]) / n_batches
+                    epochs[s] += 1
+                    self.epochs_run, self.minibatches_run = self.epochs_run + 1, self.minibatches_run + n_batches
+                    m = np.asarray(mse[s])[:e]
+                    with np.errstate(invalid="ignore"):  # first epoch: best is inf
+                        improved = (best_mse[s] - m) / np.abs(best_mse[s]) > cfg.improvement_threshold  # |.|: NLL < 0
+                    improved |= np.isinf(best_mse[s]) & np.isfinite(m)
+                    best_mse[s] = np.where(improved, m, best_mse[s])
+                    since_improved[s] = 0 if improved.any() else since_improved[s] + 1
+                    active[s] = not (not np.isfinite(loss[s]) or since_improved[s] > cfg.patience
+                                     or (cfg.max_epochs and epochs[s] >= cfg.max_epochs))
+                improved_all.append(self.pad_members(improved, False))
+            if any(i.any() for i in improved_all):
+                best_layers = self._keep_improved(best_layers, params["layers"], seeds.combine(improved_all))
+        out, infos = [], []
+        for s, (p, layers, o) in enumerate(zip(seeds.split(params), seeds.split(best_layers), seeds.split(opt_state))):
+            p, o = self.split.unplace(dict(p, layers=layers), self.opt, o)
+            elites = np.argsort(best_mse[s])[: cfg.num_elites]
+            out.append(normed[s].replace(params=p, opt_state=o, elites=jnp.asarray(elites, jnp.int32),
+                                         holdout_mse=jnp.asarray(best_mse[s])))
+            infos.append({"model/train_loss": loss[s], "model/holdout_mse": float(np.mean(best_mse[s][elites])),
+                          "model/epochs": epochs[s], "model/train_size": n - n_hold})
+        return seeds.combine(out), infos

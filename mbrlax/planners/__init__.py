@@ -15,7 +15,7 @@ import jax
 
 from mbrlax.planners.cem import cem
 from mbrlax.planners.shooting import random_shooting
-from mbrlax.planners.value import ActionSpace, make_value_estimator
+from mbrlax.planners.value import ActionSpace, make_logit_probe, make_value_estimator
 
 PLANNERS = {"rs": random_shooting, "cem": cem}
 
@@ -33,4 +33,5 @@ def make_planner(name: str, value_fn, action_space: ActionSpace, horizon: int, n
     return jax.jit(plan) if jit else plan
 
 
-__all__ = ["ActionSpace", "PLANNERS", "cem", "make_planner", "make_value_estimator", "random_shooting"]
+__all__ = ["ActionSpace", "PLANNERS", "cem", "make_logit_probe", "make_planner", "make_value_estimator",
+           "random_shooting"]

@@ -142,6 +142,36 @@ def _signed_values(log_pos: jax.Array, log_neg: jax.Array) -> jax.Array:
     return jnp.where(fits, sign * jnp.exp(log_mag), key)
 
 
+def _rollout_inputs(obs, actions, horizon: int, num_particles: int, key):
+    """Start states [N*P, obs_dim], time-major actions [H, N*P, ...] (row i rolls out candidate i // P)
+    and one key per step [H] for a rollout of N candidates with P particles each."""
+    if actions.ndim < 2 or actions.shape[1] != horizon:
+        raise ValueError(f"actions of shape {actions.shape}: expected [N, {horizon}, ...]")
+    rows = actions.shape[0] * num_particles
+    acts = jnp.swapaxes(jnp.repeat(actions, num_particles, axis=0), 0, 1)
+    return jnp.broadcast_to(obs, (rows, obs.shape[-1])), acts, jax.random.split(key, horizon)
+
+
+def make_logit_probe(step_fn: StepFn, logit_fn: LogitFn, action_space: ActionSpace, horizon: int,
+                     num_particles: int):
+    """`probe(params, obs, actions, key) -> logits [H, N*P]`: the discriminator logits D~(s_t, a_t, s_{t+1})
+    of the model rollouts that ESTIMATEVALUE with the same arguments would weight (the same samples,
+    for the same key), to report what the planner sees."""
+
+    def probe(params: Params, obs: jax.Array, actions: jax.Array, key: jax.Array) -> jax.Array:
+        obs0, acts, keys = _rollout_inputs(obs, actions, int(horizon), int(num_particles), key)
+
+        def step(s, xs):
+            a, k = xs
+            feats = action_space.features(a)
+            s_next = step_fn(params, s, feats, k)
+            return s_next, logit_fn(params, s, feats, s_next)
+
+        return jax.lax.scan(step, obs0, (acts, keys))[1]
+
+    return probe
+
+
 def make_value_estimator(
     step_fn: StepFn,
     reward_fn: RewardFn,
@@ -157,7 +187,9 @@ def make_value_estimator(
 
     obs: [obs_dim] (the current real state s_1); actions: [N, H] int (discrete) or
     [N, H, act_dim] (continuous); key: PRNG key. Each candidate is rolled out with
-    `num_particles` model samples and the result is the particle mean of
+    `num_particles` model samples (1: Algorithm 1's single sampled trajectory; more:
+    the mean over independent ones, a lower-variance estimate of the same expectation)
+    and the result is the particle mean of
 
         sum_{t=0}^{H-1} gamma^t * W_t * r(s_t, a_t, s_{t+1}),   W_t = prod_{m<=t} w_m   (Eq. 4)
 
@@ -189,12 +221,8 @@ def make_value_estimator(
 
     def value(params: Params, obs: jax.Array, actions: jax.Array, key: jax.Array) -> jax.Array:
         n = actions.shape[0]
-        if actions.ndim < 2 or actions.shape[1] != horizon:
-            raise ValueError(f"actions of shape {actions.shape}: expected [N, {horizon}, ...]")
-        rows = n * num_particles
-        obs0 = jnp.broadcast_to(obs, (rows, obs.shape[-1]))
-        # Row i rolls out candidate i // P; time-major for the scan: [H, N*P, ...].
-        acts = jnp.swapaxes(jnp.repeat(actions, num_particles, axis=0), 0, 1)
+        obs0, acts, keys = _rollout_inputs(obs, actions, horizon, num_particles, key)
+        rows = obs0.shape[0]
 
         def step(carry, xs):
             s, log_w, ret = carry
@@ -219,7 +247,7 @@ def make_value_estimator(
 
         zeros = jnp.zeros(rows, jnp.float32)
         ret0 = zeros if log_weight is None else (zeros - jnp.inf, zeros - jnp.inf)
-        xs = (acts, jax.random.split(key, horizon), jnp.asarray(discounts))
+        xs = (acts, keys, jnp.asarray(discounts))
         (_, _, ret), _ = jax.lax.scan(step, (obs0, zeros, ret0), xs)
         if log_weight is None:
             return ret.reshape(n, num_particles).mean(axis=1)
