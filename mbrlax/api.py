@@ -102,8 +102,7 @@ def train(cfg: TrainConfig, usage: ModelUsage | None = None, stop_at: int | None
         run_dir = new_run_dir(cfg)
         with run_lock(run_dir):
             return _train_dam(cfg, run_dir)
-    env_dims(cfg)
-    run_dir = new_run_dir(cfg)
+    run_dir = new_run_dir(cfg)  # (prepare_env checked the env's spaces)
     with run_lock(run_dir):
         print(f"mbrlax: {cfg.algo} on {cfg.env}, seed {cfg.seed}, {cfg.total_steps} env steps -> {run_dir}")
         return _run_dyna([cfg], [run_dir], usage, stop_at)[0]
@@ -137,8 +136,7 @@ def train_seeds(cfg: TrainConfig, seeds, usage: ModelUsage | None = None, stop_a
     per seed."""
     cfgs = seed_configs(validate(cfg), seeds)
     configure(cfg.model.devices, cfg.model.ensemble_size)
-    prepare_env(cfgs[0])
-    env_dims(cfgs[0])
+    prepare_env(cfgs[0])  # (and the env's spaces)
     run_dirs = [new_run_dir(c) for c in cfgs]
     with contextlib.ExitStack() as locks:
         for run_dir in run_dirs:

@@ -10,10 +10,9 @@ back into per-seed values.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
-
-import re
 
 import jax
 import jax.numpy as jnp

@@ -389,9 +389,7 @@ def ship_registered_envs(out: Path, env_ids: set[str]) -> None:
         raise SweepError(f"the registered env(s) {', '.join(specs)} cannot be sent to the trial processes ({e}); "
                          "register functions that cloudpickle can pickle, or give --env as an import path "
                          "(my_pkg.my_mod:make_env)") from e
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    _write_atomically(path, data)
 
 
 def register_shipped_envs(out: Path) -> None:
@@ -406,10 +404,15 @@ def register_shipped_envs(out: Path) -> None:
             register(spec.id, spec.make_fn, spec.termination, spec.reward)
 
 
-def _write_json(path: Path, data: dict) -> None:
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write a temporary file beside `path`, then rename it over `path` (readers see the old or the new file)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
+    tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    _write_atomically(path, json.dumps(data, indent=2).encode())
 
 
 def read_sweep(out: str | Path) -> dict:

@@ -273,8 +273,8 @@ def run_loop(dyna: Dyna, state: RunState, lanes: list[Lane], stop_at: int | None
     end = min(cfg.total_steps, stop_at or cfg.total_steps)
     step = start
 
-    def checkpoint():
-        for lane, view in zip(lanes, seeds.split(state)):
+    def checkpoint(views: list[RunState]):
+        for lane, view in zip(lanes, views):
             save_checkpoint(lane.run_dir, view, lane.meta)
 
     with ProgressBar(cfg.total_steps, initial=start, enabled=cfg.progress) as bar, StopSignals() as stop:
@@ -339,8 +339,8 @@ def run_loop(dyna: Dyna, state: RunState, lanes: list[Lane], stop_at: int | None
 
             # Epoch end: evaluate, log, checkpoint (seed by seed).
             if step % cfg.steps_per_epoch == 0 or step == end:
-                returns = []
-                for i, (lane, view) in enumerate(zip(lanes, seeds.split(state))):
+                returns, views = [], seeds.split(state)  # one split for the evaluations and the checkpoint
+                for i, (lane, view) in enumerate(zip(lanes, views)):
                     ret, ret_std = timer("evaluate", evaluate, dyna, view.agent.params["actor"], lane.eval_env,
                                          cfg.eval_episodes)
                     returns.append(ret)
@@ -358,14 +358,14 @@ def run_loop(dyna: Dyna, state: RunState, lanes: list[Lane], stop_at: int | None
                 bar.update(0, eval_return=float(np.mean(returns)))
                 reached = cfg.stop_return is not None and min(returns) >= cfg.stop_return  # every seed
                 if lanes[0].meta["epochs_done"] % cfg.checkpoint_every == 0 or step == end or reached:
-                    timer("checkpoint", checkpoint)
+                    timer("checkpoint", checkpoint, views)
                 if reached:
                     print(f"mbrlax: eval_return {min(returns):.1f} >= stop_return {cfg.stop_return}: stopping")
                     break
             if stop.requested and step < end:  # SIGTERM/SIGINT: the end of an env step is a safe point
                 for lane in lanes:
                     lane.meta["wall_time"] = time.perf_counter() - wall0
-                checkpoint()
+                checkpoint(seeds.split(state))
                 where = lanes[0].run_dir if seeds.n == 1 else lanes[0].run_dir.parent
                 stop.raise_stopped(where, f"env step {step} of {cfg.total_steps}")
     return state

@@ -267,11 +267,11 @@ class ModelTrainer:
                     seeds.combine([i[a:b] for i in idx]), seeds.combine([v[a:b] for v in valid]), *flags)
                 total += l_sum
             mse = seeds.split(self._holdout(params, norm_mean, norm_std, x, y, weights, hold_idx, hold_mask))
-            improved_all = []
+            improved_all, totals = [], seeds.split(total)
             for s, was_active in enumerate(active):
                 improved = np.zeros(e, bool)
                 if was_active:
-                    loss[s] = float(seeds.split(total)[s]) / n_batches
+                    loss[s] = float(totals[s]) / n_batches
                     epochs[s] += 1
                     self.epochs_run, self.minibatches_run = self.epochs_run + 1, self.minibatches_run + n_batches
                     m = np.asarray(mse[s])[:e]
