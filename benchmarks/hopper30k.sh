@@ -14,9 +14,10 @@
 #   VARIANTS="memr memr-uniform" SEEDS="0" CORES="1" bash benchmarks/hopper30k.sh
 #   TOTAL=300 EXTRA="--init-steps 200 --steps-per-epoch 100 --model.train-freq 100" OUT=/tmp/smoke \
 #       VARIANTS="pmac memr" SEEDS=0 bash benchmarks/hopper30k.sh  # smoke check
-# Summary and curves afterwards (results/ holds the committed ones):
-#   python benchmarks/summarize.py --group --steps 10000,20000,30000 --mean-between 10000,30000 $OUT/hopper30k_*
-#   mbrlax plot $OUT/hopper30k_* -o results/hopper30k.png
+#   bash benchmarks/hopper30k.sh collect    # copy each run's config.json + metrics.csv to results/hopper30k/
+# Summary and curves afterwards, from the run directories or from the copies in results/:
+#   python benchmarks/summarize.py --group --steps 10000,20000,30000 --mean-between 10000,30000 results/hopper30k/*_s*
+#   mbrlax plot results/hopper30k/*_s* -o results/hopper30k/curves.png
 set -euo pipefail
 OUT=${OUT:-/work/runs}
 TOTAL=${TOTAL:-30000}
@@ -60,6 +61,14 @@ run_one() {  # core variant seed
       || echo "FAILED: $dir (see $dir.log)"
   fi
 }
+
+if [[ ${1:-} == collect ]]; then  # results/hopper30k/<variant>_s<seed>/: what summarize.py and `mbrlax plot` read
+  for dir in "$OUT"/hopper30k_*_s*/; do
+    dest="$(dirname "$0")/../results/hopper30k/$(basename "$dir" | sed 's/^hopper30k_//')"
+    mkdir -p "$dest" && cp "$dir/config.json" "$dir/metrics.csv" "$dest/" && echo "collected $dest"
+  done
+  exit 0
+fi
 
 jobs=()
 for seed in $SEEDS; do for v in $VARIANTS; do variant_flags "$v" > /dev/null; jobs+=("$v $seed"); done; done

@@ -4,6 +4,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from mbrlax.cli import main
 from mbrlax.config import ConfigError, ModelConfig, RolloutConfig, SACConfig, preset
 from mbrlax.run.checkpoint import CheckpointError
 from mbrlax.run.metrics import read_metrics
-from mbrlax.usage import ModelUsage
+from mbrlax.usage import ModelUsage, make_usage
 
 from conftest import kill_9_during_training
 
@@ -80,6 +81,30 @@ def test_load_gives_same_actions(finished):
     np.testing.assert_array_equal(policy.act(obs), run.policy.act(obs))
     lo, hi = policy.action_space.low, policy.action_space.high
     assert np.all(policy.act(obs) >= lo) and np.all(policy.act(obs) <= hi)
+
+
+def test_model_buffer_is_sized_to_the_longest_horizon_the_run_reaches(finished, tmp_path):
+    # Hopper's schedule (20, 150, 1, 15) after 5k exploration steps: 1 at loop epoch 25 (30k env steps),
+    # 11 at epoch 120 (the 125k budget).
+    assert make_usage(preset("Hopper-v5", "mbpo", total_steps=30_000)).max_horizon() == 1
+    assert make_usage(preset("Hopper-v5", "mbpo")).max_horizon() == 11
+
+    class WholeSchedule(ModelUsage):  # the previous sizing: the schedule's largest horizon, 3 here
+        def max_horizon(self):
+            return 3
+
+    run, _ = finished  # horizons 1, 1, 2: arrays of depth 2
+    assert run.state.imagined.capacity == 2 * 200 and make_usage(run.config).max_horizon() == 2
+    deep = mbrlax.train(tiny(tmp_path), usage=WholeSchedule(tiny(tmp_path)))
+    assert deep.state.imagined.capacity == 3 * 200
+    a, b = read_metrics(run.run_dir), read_metrics(deep.run_dir)
+    for col in ("eval_return", "model/train_loss", "sac/q_loss", "sac/pi_loss", "rollout/transitions"):
+        np.testing.assert_array_equal(a[col], b[col], err_msg=col)  # the same run, in a smaller buffer
+    # The newest rows (all the agent samples: the last epoch's rollouts) are the same; the larger buffer
+    # only keeps older ones too.
+    n = int(run.state.imagined.size)
+    newest = lambda buf: jax.tree.map(lambda d: np.asarray(d[(buf.ptr - 1 - np.arange(n)) % buf.capacity]), buf.data)
+    jax.tree.map(np.testing.assert_array_equal, newest(run.state.imagined), newest(deep.state.imagined))
 
 
 def test_sac_baseline_runs_without_model(tmp_path):

@@ -2,6 +2,7 @@
 single-seed run of that seed over its first model training and agent updates, early stopping ends per seed, and
 the seed directories are ordinary runs, resumed together or alone."""
 
+import shutil
 from dataclasses import replace
 
 import jax
@@ -55,6 +56,8 @@ def test_seed_directories_resume_together_or_alone(tmp_path, capsys):
     assert "seed_0" in capsys.readouterr().out
     cfg = replace(load_config(ref / "seed_0"), out=str(out))  # the CLI's config
     mbrlax.train_seeds(cfg, [0, 1], stop_at=200)
+    alone = tmp_path / "alone"
+    shutil.copytree(out, alone)  # for the second part
     main(["resume", str(out)])  # both seeds, vmapped again
     runs = mbrlax.resume(out, stop_at=400)  # (finished: nothing to do) the Runs of both seeds
     for s, run in zip((0, 1), runs, strict=True):
@@ -65,8 +68,6 @@ def test_seed_directories_resume_together_or_alone(tmp_path, capsys):
             np.testing.assert_array_equal(got[col][:2], want[col][:2], err_msg=col)
 
     # A seed directory is an ordinary run: resumed alone, then the seeds no longer resume together.
-    alone = tmp_path / "alone"
-    mbrlax.train_seeds(replace(cfg, out=str(alone)), "0,1", stop_at=200)
     run = mbrlax.resume(alone / "seed_1", stop_at=300)
     np.testing.assert_array_equal(run.metrics["env_steps"], [100, 200, 300])
     with pytest.raises(CheckpointError, match="different env steps"):

@@ -85,8 +85,11 @@ class ModelUsage:
         return rollout_horizon(self.cfg.rollout.schedule, epoch)
 
     def max_horizon(self) -> int:
-        """The longest horizon of the run: the rollout arrays' depth (host)."""
-        return max(self.cfg.rollout.schedule[2], self.cfg.rollout.schedule[3])
+        """The longest horizon the run reaches before total_steps (the schedule is linear, so at its first
+        or last epoch): the rollout arrays' depth and the model buffer's (host). Hopper's 30k-step runs
+        stay at 1 of the schedule's 15: 15x smaller rollout arrays, model buffer and checkpoints."""
+        last_epoch = max(self.cfg.total_steps - self.cfg.init_steps - 1, 0) // self.cfg.steps_per_epoch
+        return max(self.rollout_horizon(0), self.rollout_horizon(last_epoch))
 
     def imagined_capacity(self) -> int:
         """Rows of the model buffer (host): MBPO's retain_epochs of rollouts at the longest horizon."""
