@@ -3,7 +3,7 @@ training split over two devices with the unsplit one (set before JAX starts);
 the slow learning tests first (with `pytest -n 2` they then overlap the short ones
 instead of running alone at the end); one persistent JAX compilation cache for the test
 run, shared by the xdist workers and the subprocesses they start (the same tiny configs
-are compiled by many tests; results are unchanged, compilation time about halves); and
+are compiled by many tests; results are unchanged; tests/test_pmac.py alone: 163 s -> 117 s); and
 `kill_9_during_training`, shared by the resume tests."""
 
 import os

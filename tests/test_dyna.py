@@ -13,6 +13,7 @@ import mbrlax
 from mbrlax.algos import dyna as dyna_mod
 from mbrlax.algos.dyna import NonFiniteError
 from mbrlax.api import load_config
+from mbrlax.buffers import gather
 from mbrlax.cli import main
 from mbrlax.config import ConfigError, ModelConfig, RolloutConfig, SACConfig, preset
 from mbrlax.run.checkpoint import CheckpointError
@@ -95,7 +96,8 @@ def test_model_buffer_is_sized_to_the_longest_horizon_the_run_reaches(finished, 
 
     run, _ = finished  # horizons 1, 1, 2: arrays of depth 2
     assert run.state.imagined.capacity == 2 * 200 and make_usage(run.config).max_horizon() == 2
-    deep = mbrlax.train(tiny(tmp_path), usage=WholeSchedule(tiny(tmp_path)))
+    cfg = tiny(tmp_path)
+    deep = mbrlax.train(cfg, usage=WholeSchedule(cfg))
     assert deep.state.imagined.capacity == 3 * 200
     a, b = read_metrics(run.run_dir), read_metrics(deep.run_dir)
     for col in ("eval_return", "model/train_loss", "sac/q_loss", "sac/pi_loss", "rollout/transitions"):
@@ -103,7 +105,7 @@ def test_model_buffer_is_sized_to_the_longest_horizon_the_run_reaches(finished, 
     # The newest rows (all the agent samples: the last epoch's rollouts) are the same; the larger buffer
     # only keeps older ones too.
     n = int(run.state.imagined.size)
-    newest = lambda buf: jax.tree.map(lambda d: np.asarray(d[(buf.ptr - 1 - np.arange(n)) % buf.capacity]), buf.data)
+    newest = lambda buf: gather(buf, (buf.ptr - 1 - jnp.arange(n)) % buf.capacity)
     jax.tree.map(np.testing.assert_array_equal, newest(run.state.imagined), newest(deep.state.imagined))
 
 
