@@ -8,7 +8,11 @@ uniform sliding window of the last 5k rows), and report for each model:
   hstep_error_h open-loop error along contiguous stretches of [t, t + 1000), h = 1, 5, 10, 15
 The paper predicts PMAC local < uniform local (and uniform global < PMAC global).
 
-    python benchmarks/pmac_offline.py results/hopper_mbpo_s0 --out results/pmac_offline_s0.csv
+    python benchmarks/pmac_offline.py RUN_DIR --steps 10000,12000 --seeds 0,1,2 --out results/hopper30k/pmac_offline.csv
+
+--seeds are model seeds (initialization and minibatch order): the spread between them says how much of a
+difference between variants is one training's luck. Rows already in --out (same t, variant, seed) are kept
+and skipped, so runs add to the file and an interrupted one continues.
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ def main() -> None:
     ap.add_argument("run_dir", help="an MBPO run directory with a checkpoint (its real buffer is the data)")
     ap.add_argument("--steps", default="10000,15000,20000,25000", help="comma-separated data sizes t")
     ap.add_argument("--variants", default="uniform,pmac250,pmac1000", help="uniform, pmac250, pmac1000, window5k")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default="0", help="comma-separated model seeds")
     ap.add_argument("--max-epochs", type=int, default=0, help="cap on model epochs (0: MBPO early stopping)")
     ap.add_argument("--out", default="pmac_offline.csv")
     args = ap.parse_args()
@@ -68,32 +72,40 @@ def main() -> None:
     x, y = model_inputs(d.obs, d.action), model_targets(d.obs, d.reward, d.next_obs)
     trainer = ModelTrainer(cfg.model)
     diag = jax.jit(model_diagnostics, static_argnums=(3, 4, 5))
-    fields = ["t", "variant", "local_error", "global_error", *[f"hstep_error_{h}" for h in HORIZONS],
+    fields = ["t", "variant", "seed", "local_error", "global_error", *[f"hstep_error_{h}" for h in HORIZONS],
               "holdout_mse", "epochs", "seconds"]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    kept = list(csv.DictReader(open(out))) if out.exists() else []
+    for row in kept:
+        row.setdefault("seed", "0")  # (files from before the seed column: model seed 0)
+    done = {(int(r["t"]), r["variant"], int(r["seed"] or 0)) for r in kept}
     with open(out, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
+        writer.writerows(kept)
+        f.flush()
         for t in map(int, args.steps.split(",")):
             if t + LOCAL_ROWS > size:
                 raise SystemExit(f"t={t}: the run has {size} rows, needs t + {LOCAL_ROWS}")
             eval_view = real.replace(size=jnp.int32(t + LOCAL_ROWS), ptr=jnp.int32(t + LOCAL_ROWS))
-            for name in args.variants.split(","):
-                t0 = time.perf_counter()
-                model = model_init(jax.random.key(args.seed), obs_dim, act_dim, cfg.model)
-                rng = np.random.default_rng([args.seed, t])
-                model, info = trainer.train(model, x, y, t, rng, **variant_args(name, cfg, real, t))
-                m = diag(model, eval_view, jax.random.key(args.seed + t), LOCAL_ROWS, 1000, HORIZONS)
-                row = {"t": t, "variant": name, "local_error": float(m["model/local_error"]),
-                       "global_error": float(m["model/global_error"]),
-                       **{f"hstep_error_{h}": float(m[f"model/hstep_error_{h}"]) for h in HORIZONS},
-                       "holdout_mse": info["model/holdout_mse"], "epochs": info["model/epochs"],
-                       "seconds": round(time.perf_counter() - t0, 1)}
-                writer.writerow(row)
-                f.flush()
-                print(row, flush=True)
-
+            for seed in map(int, args.seeds.split(",")):
+                for name in args.variants.split(","):
+                    if (t, name, seed) in done:
+                        continue
+                    t0 = time.perf_counter()
+                    model = model_init(jax.random.key(seed), obs_dim, act_dim, cfg.model)
+                    rng = np.random.default_rng([seed, t])
+                    model, info = trainer.train(model, x, y, t, rng, **variant_args(name, cfg, real, t))
+                    m = diag(model, eval_view, jax.random.key(t), LOCAL_ROWS, 1000, HORIZONS)
+                    row = {"t": t, "variant": name, "seed": seed, "local_error": float(m["model/local_error"]),
+                           "global_error": float(m["model/global_error"]),
+                           **{f"hstep_error_{h}": float(m[f"model/hstep_error_{h}"]) for h in HORIZONS},
+                           "holdout_mse": info["model/holdout_mse"], "epochs": info["model/epochs"],
+                           "seconds": round(time.perf_counter() - t0, 1)}
+                    writer.writerow(row)
+                    f.flush()
+                    print(row, flush=True)
 
 if __name__ == "__main__":
     main()

@@ -15,9 +15,10 @@ import numpy as np
 
 from mbrlax import envs
 from mbrlax.algos.dyna import Dyna, Lane, RunState, episode_returns, init_run_state, run_loop, scale_action
+from mbrlax.buffers import keep_newest
 from mbrlax.config import ConfigError, TrainConfig, config_from_dict, validate
 from mbrlax.runtime import configure
-from mbrlax.run.checkpoint import CheckpointError, has_checkpoint, load_checkpoint
+from mbrlax.run.checkpoint import CheckpointError, has_checkpoint, load_checkpoint, stored_shape
 from mbrlax.run.lock import run_lock
 from mbrlax.run.metrics import MetricsLogger, read_metrics
 from mbrlax.seeds import Seeds
@@ -159,7 +160,7 @@ def _run_dyna(cfgs: list[TrainConfig], run_dirs: list[Path], usage: ModelUsage |
         for c, run_dir in zip(cfgs, run_dirs):
             state = init_run_state(c, obs_dim, act_dim, usage)
             if resuming:
-                state, meta = load_checkpoint(run_dir, state)
+                state, meta = load_run_state(run_dir, state)
                 step = meta["env_steps"]
                 last_row = step - step % cfg.steps_per_epoch  # rows are logged at epoch ends, before their checkpoint
                 logger = MetricsLogger(run_dir, resume_step=step, complete_to=last_row)
@@ -219,8 +220,21 @@ def load_config(run_dir: str | Path) -> TrainConfig:
 def _restore(run_dir: Path, usage: ModelUsage | None = None) -> tuple[TrainConfig, RunState, dict, int, int]:
     cfg = load_config(run_dir)
     obs_dim, act_dim = env_dims(cfg)
-    state, meta = load_checkpoint(run_dir, init_run_state(cfg, obs_dim, act_dim, usage))
+    state, meta = load_run_state(run_dir, init_run_state(cfg, obs_dim, act_dim, usage))
     return cfg, state, meta, obs_dim, act_dim
+
+
+def load_run_state(run_dir: Path, target: RunState) -> tuple[RunState, dict]:
+    """The checkpoint of `run_dir` in the shape of `target` (load_checkpoint), also one from before the model
+    buffer was sized to the longest horizon the run reaches: its deeper buffer's rows beyond that are never
+    sampled, so it is loaded as saved and its newest rows kept."""
+    rows = stored_shape(run_dir, "state.imagined.data.reward") if target.imagined is not None else None
+    if not rows or rows[0] <= target.imagined.capacity:
+        return load_checkpoint(run_dir, target)
+    deeper = target.imagined.replace(data=jax.tree.map(
+        lambda x: np.zeros((rows[0], *x.shape[1:]), x.dtype), target.imagined.data))
+    state, meta = load_checkpoint(run_dir, target.replace(imagined=deeper))
+    return state.replace(imagined=keep_newest(state.imagined, target.imagined.capacity)), meta
 
 
 def resume(run_dir: str | Path, usage: ModelUsage | None = None, stop_at: int | None = None) -> Run | list[Run]:

@@ -58,3 +58,13 @@ def sample_indices(buf: Buffer, key, n: int, window: jax.Array | int | None = No
 
 def gather(buf: Buffer, idx: jax.Array) -> Transition:
     return jax.tree.map(lambda d: d[idx], buf.data)
+
+
+def keep_newest(buf: Buffer, capacity: int) -> Buffer:
+    """The newest `capacity` rows of `buf`, oldest first, in a buffer of that capacity (what a buffer of that
+    capacity would hold: the samplers only see rows relative to `ptr`)."""
+    n = jnp.minimum(buf.size, capacity)
+    i = jnp.arange(capacity)
+    rows = gather(buf, (buf.ptr - n + i) % buf.capacity)
+    data = jax.tree.map(lambda x: jnp.where((i < n).reshape(-1, *[1] * (x.ndim - 1)), x, 0.0), rows)
+    return Buffer(data=data, ptr=(n % capacity).astype(jnp.int32), size=n.astype(jnp.int32))

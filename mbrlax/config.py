@@ -427,6 +427,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _require(cfg.algo in ALGOS, "algo", cfg.algo, f"must be one of {', '.join(ALGOS)}")
     for name in ("total_steps", "steps_per_epoch", "eval_episodes", "checkpoint_every"):
         _require(getattr(cfg, name) > 0, name, getattr(cfg, name), "must be a positive integer")
+    _require(cfg.seed >= 0, "seed", cfg.seed, "must be >= 0")
     _require(cfg.init_steps >= 0, "init_steps", cfg.init_steps, "must be >= 0")
     _require(
         cfg.init_steps < cfg.total_steps, "init_steps", cfg.init_steps,

@@ -135,7 +135,7 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path,
             ax.fill_between(grid, mean - std, mean + std, color=line.get_color(), alpha=0.25)
     ax.set(title=f"{y} vs {x}", xlabel=x, ylabel=y)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(0.0, -0.14), fontsize=8)  # below the axes: labels can be long
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, format="png", dpi=120, bbox_inches="tight")

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mbrlax.buffers import buffer_add, buffer_init, gather, sample_indices
+from mbrlax.buffers import buffer_add, buffer_init, gather, keep_newest, sample_indices
 from mbrlax.types import Transition
 
 OBS, ACT = 2, 1
@@ -153,3 +153,18 @@ def test_sample_indices_traced_window():
         ids = np.asarray(draw(buf, jax.random.key(w), jnp.int32(w)))
         assert set(ids.tolist()) == ref.recent(w)
     assert len(traces) == 1
+
+
+def test_keep_newest_moves_the_newest_rows_to_a_smaller_or_larger_ring():
+    buf = buffer_add(buffer_init(OBS, ACT, 5), to_transition(random_batch(np.random.default_rng(0), 8, 0)))
+    assert int(buf.ptr) == 3  # a wrapped ring: rows 5, 6, 7, 3, 4
+    small = keep_newest(buf, 3)
+    np.testing.assert_array_equal(small.data.reward, [5.0, 6.0, 7.0])
+    assert (int(small.ptr), int(small.size)) == (0, 3)
+    large = keep_newest(buf, 7)
+    np.testing.assert_array_equal(large.data.reward, [3.0, 4.0, 5.0, 6.0, 7.0, 0.0, 0.0])
+    assert (int(large.ptr), int(large.size)) == (5, 5)
+    for window in (1, 3):  # the same rows for the samplers, which index back from ptr
+        key = jax.random.key(0)
+        np.testing.assert_array_equal(gather(small, sample_indices(small, key, 16, window)).reward,
+                                      gather(buf, sample_indices(buf, key, 16, window)).reward)

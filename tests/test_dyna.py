@@ -1,6 +1,7 @@
 """End-to-end behaviour of the Dyna loop, runs, resume and bad input (tiny configs)."""
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -97,11 +98,22 @@ def test_model_buffer_is_sized_to_the_longest_horizon_the_run_reaches(finished, 
     run, _ = finished  # horizons 1, 1, 2: arrays of depth 2
     assert run.state.imagined.capacity == 2 * 200 and make_usage(run.config).max_horizon() == 2
     cfg = tiny(tmp_path)
-    deep = mbrlax.train(cfg, usage=WholeSchedule(cfg))
+    mbrlax.train(cfg, usage=WholeSchedule(cfg), stop_at=250)  # the agent samples the migrated rows at 250-299
+    shutil.copytree(cfg.out, tmp_path / "migrated")
+    deep = mbrlax.resume(cfg.out, usage=WholeSchedule(cfg))
     assert deep.state.imagined.capacity == 3 * 200
-    a, b = read_metrics(run.run_dir), read_metrics(deep.run_dir)
+    # A checkpoint with the deeper buffer (made before this sizing) resumes into the smaller one, the same run.
+    migrated = mbrlax.resume(tmp_path / "migrated")
+    assert migrated.state.imagined.capacity == 2 * 200
+    m, a = read_metrics(migrated.run_dir), read_metrics(run.run_dir)
+    rows = np.isin(m["env_steps"], a["env_steps"])  # (stop_at also logged a row at 250)
+    for col in m:
+        if not col.startswith("time/"):
+            np.testing.assert_array_equal(m[col][rows], a[col], err_msg=col)
+    jax.tree.map(np.testing.assert_array_equal, migrated.state, run.state)
+    b = read_metrics(deep.run_dir)
     for col in ("eval_return", "model/train_loss", "sac/q_loss", "sac/pi_loss", "rollout/transitions"):
-        np.testing.assert_array_equal(a[col], b[col], err_msg=col)  # the same run, in a smaller buffer
+        np.testing.assert_array_equal(a[col], b[col][rows], err_msg=col)  # the same run, in a smaller buffer
     # The newest rows (all the agent samples: the last epoch's rollouts) are the same; the larger buffer
     # only keeps older ones too.
     n = int(run.state.imagined.size)

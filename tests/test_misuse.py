@@ -13,8 +13,10 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -91,6 +93,7 @@ def test_sigint_mid_epoch_checkpoints_exact_counters(tmp_path, monkeypatch):
     assert (meta["env_steps"], meta["agent_updates"], meta["epochs_done"]) == (150, (150 - 100) * 2, 1)
     assert meta["model_transitions"] == meta["last"]["rollout/model_transitions"] > 0  # the rollout at step 100
     assert meta["wall_time"] > read_metrics(cfg.out)["time/wall"][0]
+    assert len(meta["episode"]["actions"]) > 0  # stopped mid-episode
     assert signal.getsignal(signal.SIGINT) is handler  # restored
 
     run = mbrlax.resume(cfg.out)
@@ -104,10 +107,17 @@ def test_sigint_mid_epoch_checkpoints_exact_counters(tmp_path, monkeypatch):
     assert np.all(np.diff(m["time/wall"]) > 0)
     assert int(run.state.real.size) == 200
 
+    # Exact: the resumed run (its episode replayed, evaluations seeded by env step) is the uninterrupted one.
+    monkeypatch.setattr(ProgressBar, "update", update)
+    straight = mbrlax.train(replace(cfg, out=str(tmp_path / "straight")))
+    s = read_metrics(straight.run_dir)
+    for col in m:
+        if not col.startswith("time/"):
+            np.testing.assert_array_equal(m[col], s[col], err_msg=col)
+    jax.tree.map(np.testing.assert_array_equal, run.state, straight.state)
+
 
 def test_dam_stops_between_rounds_and_resumes(tmp_path, monkeypatch):
-    from dataclasses import replace
-
     from mbrlax.algos.mpc import DAM
 
     train = DAM.train

@@ -82,4 +82,6 @@ def test_bad_seeds_are_refused(tmp_path):
             mbrlax.train_seeds(cfg, seeds)
     with pytest.raises(ConfigError, match="algo=dam"):
         mbrlax.train_seeds(preset("IcyRoad-v0", "dam", out=str(tmp_path / "d")), "0,1")
+    with pytest.raises(ConfigError, match=r"seed=-1: must be >= 0"):
+        mbrlax.train(replace(cfg, seed=-1))
     assert not (tmp_path / "x").exists()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import functools
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -203,11 +204,22 @@ def scale_action(action: np.ndarray, space) -> np.ndarray:
     return space.low + (np.asarray(action) + 1.0) * 0.5 * (space.high - space.low)
 
 
-def episode_returns(env, policy: Callable[[np.ndarray], np.ndarray], episodes: int) -> tuple[float, float]:
-    """Mean and std of the returns of `policy` (obs -> env action) over `episodes` episodes."""
+TRAIN_EPISODE, EVAL_EPISODE = 1, 2  # reset-seed streams
+
+
+def reset_seed(seed: int, stream: int, *index: int) -> int:
+    """The env's reset seed for one episode, a function of (seed, stream, index...) only: a resumed run meets
+    the episodes an uninterrupted one meets."""
+    return int(np.random.SeedSequence([seed, stream, *index]).generate_state(1)[0])
+
+
+def episode_returns(env, policy: Callable[[np.ndarray], np.ndarray], episodes: int,
+                    reset_seeds: list[int] | None = None) -> tuple[float, float]:
+    """Mean and std of the returns of `policy` (obs -> env action) over `episodes` episodes (each reset with
+    its seed from `reset_seeds` if given, else continuing the env's RNG)."""
     returns = []
-    for _ in range(episodes):
-        obs, _ = env.reset()
+    for i in range(episodes):
+        obs, _ = env.reset(seed=None if reset_seeds is None else reset_seeds[i])
         done, total = False, 0.0
         while not done:
             obs, r, term, trunc, _ = env.step(policy(obs))
@@ -216,10 +228,10 @@ def episode_returns(env, policy: Callable[[np.ndarray], np.ndarray], episodes: i
     return float(np.mean(returns)), float(np.std(returns))
 
 
-def evaluate(dyna: Dyna, actor, env, episodes: int) -> tuple[float, float]:
-    """Returns of the deterministic policy."""
+def evaluate(dyna: Dyna, actor, env, episodes: int, seed: int, step: int) -> tuple[float, float]:
+    """Returns of the deterministic policy on the evaluation episodes of env step `step`."""
     policy = lambda obs: scale_action(dyna.act_deterministic(actor, np.float32(obs)), env.action_space)
-    return episode_returns(env, policy, episodes)
+    return episode_returns(env, policy, episodes, [reset_seed(seed, EVAL_EPISODE, step, i) for i in range(episodes)])
 
 
 PHASES = ("env_step", "agent_update", "model_train", "rollout", "evaluate", "checkpoint")
@@ -242,7 +254,8 @@ class Timer:
 @dataclass
 class Lane:
     """One seed's side of the loop on the host: its run directory, metrics file and meta (saved with its
-    checkpoint), and while the loop runs its envs and episode."""
+    checkpoint: counters, the latest row values and the current training episode), and while the loop runs its
+    envs and observation."""
 
     run_dir: Path
     logger: MetricsLogger
@@ -250,7 +263,42 @@ class Lane:
     env: Any = None
     eval_env: Any = None
     obs: Any = None
-    ep_return: float = 0.0
+
+    def start_envs(self, env_id: str, seed: int) -> None:
+        """The training env at the current episode's step (replayed from its reset seed and the actions in
+        meta["episode"]: a resume continues the episode an uninterrupted run is in) and the evaluation env."""
+        self.env, self.eval_env = envs.make(env_id), envs.make(env_id)
+        if "episode" not in self.meta and self.meta["env_steps"] > 0:
+            warnings.warn(f"{self.run_dir}: the checkpoint is from an mbrlax that did not save the training "
+                          "episode; the resumed run starts a new one (it is not the uninterrupted run)", stacklevel=2)
+        episode = self.meta.setdefault("episode", {"index": 0, "actions": [], "return": 0.0})
+        self.obs, _ = self.env.reset(seed=reset_seed(seed, TRAIN_EPISODE, episode["index"]))
+        ep_return = 0.0
+        for action in episode["actions"]:
+            self.obs, reward, *_ = self.env.step(scale_action(np.float32(action), self.env.action_space))
+            ep_return += float(reward)
+        if ep_return != episode["return"]:
+            warnings.warn(f"{self.run_dir}: replaying the current episode's {len(episode['actions'])} actions "
+                          f"gave return {ep_return}, not the saved {episode['return']}: {env_id} is not "
+                          "deterministic given its reset seed and actions, so this resumed run is not the "
+                          "uninterrupted one", stacklevel=2)
+            episode["return"] = ep_return
+
+    def step_env(self, seed: int, action: np.ndarray) -> Transition:
+        """One env step with `action` in [-1, 1] (recorded in the episode; a new episode on term or trunc)."""
+        action = np.float32(action)  # what the replay in start_envs will send
+        next_obs, reward, term, trunc, _ = self.env.step(scale_action(action, self.env.action_space))
+        tr = Transition(obs=np.float32(self.obs), action=action, reward=np.float32(reward),
+                        next_obs=np.float32(next_obs), done=np.float32(term))
+        episode = self.meta["episode"]
+        episode["actions"].append(action.tolist())
+        episode["return"] += float(reward)
+        self.obs = next_obs
+        if term or trunc:
+            self.meta["last"]["train/episode_return"] = episode["return"]
+            self.meta["episode"] = {"index": episode["index"] + 1, "actions": [], "return": 0.0}
+            self.obs, _ = self.env.reset(seed=reset_seed(seed, TRAIN_EPISODE, episode["index"] + 1))
+        return tr
 
 
 def run_loop(dyna: Dyna, state: RunState, lanes: list[Lane], stop_at: int | None = None,
@@ -262,10 +310,9 @@ def run_loop(dyna: Dyna, state: RunState, lanes: list[Lane], stop_at: int | None
     timer = timer or Timer()
     start = lanes[0].meta["env_steps"]
     for lane, seed in zip(lanes, seeds.values, strict=True):
-        lane.env = envs.make(cfg.env, seed=seed + start)
-        lane.eval_env = envs.make(cfg.env, seed=seed + 10_000 + start)
-        lane.obs, _ = lane.env.reset()
         lane.meta.setdefault("last", {})  # the latest values of every row, kept in checkpoints
+        if lane.env is None:  # (a second call, as in `mbrlax bench`, continues the same envs)
+            lane.start_envs(cfg.env, seed)
     space = lanes[0].env.action_space
     horizon = usage.rollout_horizon(max(start - cfg.init_steps, 0) // cfg.steps_per_epoch)
     updates_per_step = cfg.sac.updates_per_step
@@ -306,20 +353,7 @@ def run_loop(dyna: Dyna, state: RunState, lanes: list[Lane], stop_at: int | None
                 actions = seeds.split(np.asarray(dyna.act(state.agent.params["actor"], obs, step)))
             else:
                 actions = [np.random.default_rng([seed, step]).uniform(-1.0, 1.0, space.shape) for seed in seeds.values]
-            transitions = []
-            for lane, action in zip(lanes, actions):
-                next_obs, reward, term, trunc, _ = lane.env.step(scale_action(action, space))
-                transitions.append(Transition(
-                    obs=np.float32(lane.obs), action=np.float32(action), reward=np.float32(reward),
-                    next_obs=np.float32(next_obs), done=np.float32(term),
-                ))
-                lane.ep_return += float(reward)
-                lane.obs = next_obs
-                if term or trunc:
-                    lane.meta["last"]["train/episode_return"] = lane.ep_return
-                    lane.obs, _ = lane.env.reset()
-                    lane.ep_return = 0.0
-            tr = seeds.combine(transitions)
+            tr = seeds.combine([lane.step_env(seed, a) for lane, seed, a in zip(lanes, seeds.values, actions)])
             timer.totals["env_step"] += time.perf_counter() - t0
 
             # Agent updates (G per env step, one lax.scan).
@@ -340,9 +374,9 @@ def run_loop(dyna: Dyna, state: RunState, lanes: list[Lane], stop_at: int | None
             # Epoch end: evaluate, log, checkpoint (seed by seed).
             if step % cfg.steps_per_epoch == 0 or step == end:
                 returns, views = [], seeds.split(state)  # one split for the evaluations and the checkpoint
-                for i, (lane, view) in enumerate(zip(lanes, views)):
+                for i, (lane, view, seed) in enumerate(zip(lanes, views, seeds.values)):
                     ret, ret_std = timer("evaluate", evaluate, dyna, view.agent.params["actor"], lane.eval_env,
-                                         cfg.eval_episodes)
+                                         cfg.eval_episodes, seed, step)
                     returns.append(ret)
                     wall = time.perf_counter() - wall0
                     row = {"env_steps": step, "eval_return": ret, "eval_return_std": ret_std}

@@ -227,6 +227,18 @@ def _restore_leaf(name: str, target_leaf: Any, arrays: dict, specs: dict) -> Any
     return jnp.asarray(value)
 
 
+def stored_shape(run_dir: str | Path, name: str) -> tuple[int, ...] | None:
+    """The shape of leaf ``name`` (e.g. ``state.imagined.data.reward``) in the run's newest readable
+    checkpoint file, reading only that leaf; None if there is none (load_checkpoint then says why)."""
+    for file in (checkpoint_dir(run_dir) / CKPT_NAME, checkpoint_dir(run_dir) / PREV_NAME):
+        try:
+            with open(file, "rb") as f, np.load(f, allow_pickle=False) as npz:
+                return tuple(npz[name].shape) if name in npz.files else None
+        except _READ_ERRORS:
+            continue
+    return None
+
+
 def load_checkpoint(run_dir: str | Path, target: Any) -> tuple[Any, dict]:
     """Load the checkpoint of ``run_dir`` into the structure of ``target``.
 
