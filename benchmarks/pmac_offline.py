@@ -76,10 +76,11 @@ def main() -> None:
               "holdout_mse", "epochs", "seconds"]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    kept = list(csv.DictReader(open(out))) if out.exists() else []
-    for row in kept:
-        row.setdefault("seed", "0")  # (files from before the seed column: model seed 0)
-    done = {(int(r["t"]), r["variant"], int(r["seed"] or 0)) for r in kept}
+    kept = []
+    if out.exists():
+        with open(out, newline="") as f:
+            kept = list(csv.DictReader(f))
+    done = {(int(r["t"]), r["variant"], int(r["seed"])) for r in kept}
     with open(out, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
@@ -106,6 +107,7 @@ def main() -> None:
                     writer.writerow(row)
                     f.flush()
                     print(row, flush=True)
+
 
 if __name__ == "__main__":
     main()

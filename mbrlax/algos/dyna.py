@@ -272,7 +272,7 @@ class Lane:
             warnings.warn(f"{self.run_dir}: the checkpoint is from an mbrlax that did not save the training "
                           "episode; the resumed run starts a new one (it is not the uninterrupted run)", stacklevel=2)
         episode = self.meta.setdefault("episode", {"index": 0, "actions": [], "return": 0.0})
-        self.obs, _ = self.env.reset(seed=reset_seed(seed, TRAIN_EPISODE, episode["index"]))
+        self._reset(seed)
         ep_return = 0.0
         for action in episode["actions"]:
             self.obs, reward, *_ = self.env.step(scale_action(np.float32(action), self.env.action_space))
@@ -297,8 +297,12 @@ class Lane:
         if term or trunc:
             self.meta["last"]["train/episode_return"] = episode["return"]
             self.meta["episode"] = {"index": episode["index"] + 1, "actions": [], "return": 0.0}
-            self.obs, _ = self.env.reset(seed=reset_seed(seed, TRAIN_EPISODE, episode["index"] + 1))
+            self._reset(seed)
         return tr
+
+    def _reset(self, seed: int) -> None:
+        """Start meta["episode"] in the training env, from its reset seed."""
+        self.obs, _ = self.env.reset(seed=reset_seed(seed, TRAIN_EPISODE, self.meta["episode"]["index"]))
 
 
 def run_loop(dyna: Dyna, state: RunState, lanes: list[Lane], stop_at: int | None = None,
