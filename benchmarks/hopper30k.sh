@@ -15,6 +15,8 @@
 #   TOTAL=300 EXTRA="--init-steps 200 --steps-per-epoch 100 --model.train-freq 100" OUT=/tmp/smoke \
 #       VARIANTS="pmac memr" SEEDS=0 bash benchmarks/hopper30k.sh  # smoke check
 #   bash benchmarks/hopper30k.sh collect    # copy each run's config.json + metrics.csv to results/hopper30k/
+# (each run is also collected as soon as it ends; RESULTS=dir copies elsewhere, e.g. when the script
+# runs from a snapshot of the code outside the checkout)
 # Summary and curves afterwards, from the run directories or from the copies in results/:
 #   python benchmarks/summarize.py --group --steps 10000,20000,30000 --mean-between 10000,30000 results/hopper30k/*_s*
 #   mbrlax plot results/hopper30k/*_s* -o results/hopper30k/curves.png
@@ -25,6 +27,7 @@ SEEDS=${SEEDS:-"0 1 2"}
 VARIANTS=${VARIANTS:-"pmac mbpo sac memr memr-uniform pmac-model-only pmac-starts-only"}
 CORES=${CORES:-"0 1"}
 EXTRA=${EXTRA:-}
+RESULTS=${RESULTS:-"$(cd "$(dirname "$0")/.." && pwd)/results/hopper30k"}  # where collect copies to
 
 variant_flags() {
   case $1 in
@@ -45,6 +48,13 @@ sys.exit(0 if len(m.get("env_steps", [])) and m["env_steps"][-1] >= int(sys.argv
 EOF
 }
 
+collect_one() {  # dir: copy its config.json + metrics.csv to $RESULTS/<variant>_s<seed>/
+  local dest
+  dest="$RESULTS/$(basename "$1" | sed 's/^hopper30k_//')"
+  [[ -f "$1/metrics.csv" ]] || return 0
+  mkdir -p "$dest" && cp "$1/config.json" "$1/metrics.csv" "$dest/" && echo "collected $dest"
+}
+
 run_one() {  # core variant seed
   local core=$1 variant=$2 seed=$3 dir="$OUT/hopper30k_${2}_s${3}"
   while pgrep -f -- "$dir( |$)" > /dev/null; do sleep 60; done  # written by another process
@@ -60,15 +70,17 @@ run_one() {  # core variant seed
       --total-steps "$TOTAL" --eval-episodes 5 --no-progress --out "$dir" $EXTRA > "$dir.log" 2>&1 \
       || echo "FAILED: $dir (see $dir.log)"
   fi
+  collect_one "$dir"  # each finished (or failed) run lands in results/ at once, not only at the end
 }
 
 if [[ ${1:-} == collect ]]; then  # results/hopper30k/<variant>_s<seed>/: what summarize.py and `mbrlax plot` read
-  for dir in "$OUT"/hopper30k_*_s*/; do
-    dest="$(dirname "$0")/../results/hopper30k/$(basename "$dir" | sed 's/^hopper30k_//')"
-    mkdir -p "$dest" && cp "$dir/config.json" "$dir/metrics.csv" "$dest/" && echo "collected $dest"
-  done
+  for dir in "$OUT"/hopper30k_*_s*/; do collect_one "${dir%/}"; done
   exit 0
 fi
+for cmd in mbrlax python; do  # a queue whose jobs cannot start would fail each one in turn, silently
+  if ! command -v $cmd > /dev/null; then echo "hopper30k.sh: '$cmd' is not on PATH; activate the venv that has mbrlax installed (. .venv/bin/activate)" >&2; exit 2; fi
+done
+python -c "import mbrlax" || { echo "hopper30k.sh: 'python' cannot import mbrlax; activate the venv that has it" >&2; exit 2; }
 
 jobs=()
 for seed in $SEEDS; do for v in $VARIANTS; do variant_flags "$v" > /dev/null; jobs+=("$v $seed"); done; done

@@ -7,7 +7,8 @@
 
 --group: one row per variant (run directory names without their trailing _sN), mean +- standard
 error over its seeds (a seed's window value is the mean of its evals in the window), the agent
-updates and the wall time per 1000 env steps split by phase; --csv also writes those rows.
+updates and the wall time per 1000 env steps (the run's mean, split by phase, and the median over
+its learning intervals, which leaves pauses and busy neighbours mostly out); --csv also writes those rows.
 """
 
 from __future__ import annotations
@@ -77,14 +78,14 @@ def grouped(args) -> None:
         groups.setdefault(re.sub(r"_s\d+$", "", Path(run).name), []).append(values)
     lo_hi = f"{args.mean_between[0] // 1000}k-{args.mean_between[1] // 1000}k" if args.mean_between else None
     cols = [f"{s // 1000}k" for s in args.steps] + ([f"mean {lo_hi}"] if lo_hi else [])
-    print("| variant | seeds (last step) | " + " | ".join(cols) + " | agent updates | s per 1k steps (SAC / model / rollouts) |")
-    print("|---" * (4 + len(cols)) + "|")
+    print("| variant | seeds (last step) | " + " | ".join(cols) + " | agent updates | s per 1k steps (SAC / model / rollouts) | median s per 1k |")
+    print("|---" * (5 + len(cols)) + "|")
     rows = group_rows(groups, args.steps, args.mean_between)
     for row in rows:
         cells = [fmt(row[k], row[f"{k}_se"], row[f"{k}_n"]) for k in eval_keys(args.steps, args.mean_between)]
-        t = {ph: row[f"s_per_1k_{ph}"] for ph in PHASES + ("total",)}
+        t = {ph: row[f"s_per_1k_{ph}"] for ph in PHASES + ("total", "median")}
         print(f"| {row['variant']} | {row['seeds']} ({row['last_steps']}) | " + " | ".join(cells)
-              + f" | {row['agent_updates']:.0f} | {t['total']:.0f} ({t['agent_update']:.0f} / {t['model_train']:.0f} / {t['rollout']:.0f}) |")
+              + f" | {row['agent_updates']:.0f} | {t['total']:.0f} ({t['agent_update']:.0f} / {t['model_train']:.0f} / {t['rollout']:.0f}) | {t['median']:.0f} |")
     if args.csv and rows:
         write_csv(rows, args.csv)
         print(f"wrote {args.csv}", file=sys.stderr)

@@ -105,6 +105,8 @@ def test_sigint_mid_epoch_checkpoints_exact_counters(tmp_path, monkeypatch):
     assert counters == (200, 2, meta["model_transitions"])
     assert m["rollout/transitions"][1] == m["rollout/model_transitions"][1] == meta["model_transitions"]
     assert np.all(np.diff(m["time/wall"]) > 0)
+    assert meta["times"]["agent_update"] > 0  # the phase times continue from the checkpoint's
+    assert m["time/agent_update"][1] == after["times"]["agent_update"] > meta["times"]["agent_update"]
     assert int(run.state.real.size) == 200
 
     # Exact: the resumed run (its episode replayed, evaluations seeded by env step) is the uninterrupted one.

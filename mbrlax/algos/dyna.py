@@ -238,10 +238,10 @@ PHASES = ("env_step", "agent_update", "model_train", "rollout", "evaluate", "che
 
 
 class Timer:
-    """Wall time per loop phase (the `mbrlax bench` split)."""
+    """Wall time per loop phase (the `mbrlax bench` split; `totals` continues a resumed run's)."""
 
-    def __init__(self):
-        self.totals = collections.defaultdict(float)
+    def __init__(self, totals: dict | None = None):
+        self.totals = collections.defaultdict(float, totals or {})
 
     def __call__(self, phase: str, fn, *args):
         t = time.perf_counter()
@@ -311,7 +311,7 @@ def run_loop(dyna: Dyna, state: RunState, lanes: list[Lane], stop_at: int | None
     cfg.total_steps (or `stop_at`), checkpointing each epoch; on SIGTERM or SIGINT, checkpoint at the end of the
     current env step and raise RunStopped (mbrlax/run/stop.py)."""
     cfg, seeds, usage = dyna.cfg, dyna.seeds, dyna.usage
-    timer = timer or Timer()
+    timer = timer or Timer(lanes[0].meta.get("times"))  # time/* columns continue across resumes
     start = lanes[0].meta["env_steps"]
     for lane, seed in zip(lanes, seeds.values, strict=True):
         lane.meta.setdefault("last", {})  # the latest values of every row, kept in checkpoints
@@ -391,7 +391,7 @@ def run_loop(dyna: Dyna, state: RunState, lanes: list[Lane], stop_at: int | None
                     row.update({"agent/updates": lane.meta.get("agent_updates", 0), "time/wall": wall,
                                 **{f"time/{k}": v for k, v in timer.totals.items()}})
                     lane.logger.log(_fill_columns(row, usage, lane.logger.header))
-                    lane.meta["wall_time"] = wall
+                    lane.meta["wall_time"], lane.meta["times"] = wall, dict(timer.totals)
                     lane.meta["epochs_done"] = lane.meta.get("epochs_done", 0) + 1
                 bar.update(0, eval_return=float(np.mean(returns)))
                 reached = cfg.stop_return is not None and min(returns) >= cfg.stop_return  # every seed
@@ -402,7 +402,7 @@ def run_loop(dyna: Dyna, state: RunState, lanes: list[Lane], stop_at: int | None
                     break
             if stop.requested and step < end:  # SIGTERM/SIGINT: the end of an env step is a safe point
                 for lane in lanes:
-                    lane.meta["wall_time"] = time.perf_counter() - wall0
+                    lane.meta["wall_time"], lane.meta["times"] = time.perf_counter() - wall0, dict(timer.totals)
                 checkpoint(seeds.split(state))
                 where = lanes[0].run_dir if seeds.n == 1 else lanes[0].run_dir.parent
                 stop.raise_stopped(where, f"env step {step} of {cfg.total_steps}")

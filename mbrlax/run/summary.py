@@ -34,9 +34,17 @@ def fmt(m: float, se: float, n: int) -> str:
     return f"{m:.0f}" if n == 1 else f"{m:.0f} ± {se:.0f}"
 
 
+def run_total(col) -> float:
+    """The total of a cumulative column (time/*) over a run, nan (a phase not yet run) as 0. A drop is a
+    restart from 0: older code kept time/wall across a resume but restarted the phase times."""
+    v = np.nan_to_num(np.asarray(col, float))
+    step = np.diff(v, prepend=0.0)
+    return float(np.where(step < 0, v, step).sum())
+
+
 def run_values(m: dict, steps: list[int], window) -> dict:
     """One run's values (metrics `m`, at least one row): evals at the steps, the window mean, updates, phase
-    time per 1k steps and its last env step. The window mean (`window` = (A, B)) is nan unless the run
+    time per 1k steps (run means), the median interval cost and its last env step. The window mean (`window` = (A, B)) is nan unless the run
     reached step B."""
     out = {"last_step": int(m["env_steps"][-1])}
     for s in steps:
@@ -50,9 +58,20 @@ def run_values(m: dict, steps: list[int], window) -> dict:
     out["agent_updates"] = float(m["agent/updates"][-1]) if "agent/updates" in m else float("nan")
     for ph in PHASES:
         col = m.get(f"time/{ph}")
-        out[f"s_per_1k_{ph}"] = float(np.nan_to_num(col[-1])) * per_1k if col is not None else float("nan")
-    out["s_per_1k_total"] = float(m["time/wall"][-1]) * per_1k if "time/wall" in m else float("nan")
+        out[f"s_per_1k_{ph}"] = run_total(col) * per_1k if col is not None else float("nan")
+    out["s_per_1k_total"] = run_total(m["time/wall"]) * per_1k if "time/wall" in m else float("nan")
+    out["s_per_1k_median"] = median_interval_cost(m)
     return out
+
+
+def median_interval_cost(m: dict) -> float:
+    """Median over the evaluation intervals with agent updates of the wall time per 1000 env steps: the cost
+    of a learning step with pauses and busy neighbours (which inflate the mean) mostly left out."""
+    if "time/wall" not in m or "agent/updates" not in m:
+        return float("nan")
+    learning = np.diff(m["agent/updates"], prepend=0.0) > 0
+    rate = 1000.0 * np.diff(m["time/wall"], prepend=0.0) / np.diff(m["env_steps"], prepend=0.0)
+    return float(np.median(rate[learning])) if learning.any() else float("nan")
 
 
 def eval_keys(steps: list[int], window) -> list[str]:
@@ -65,7 +84,7 @@ def group_rows(groups: dict[str, list[dict]], steps: list[int], window, label: s
     rows = []
     for name, runs in groups.items():
         row = {label: name, "seeds": len(runs), "last_steps": ", ".join(str(r["last_step"]) for r in runs)}
-        for k in eval_keys(steps, window) + ["agent_updates"] + [f"s_per_1k_{ph}" for ph in PHASES + ("total",)]:
+        for k in eval_keys(steps, window) + ["agent_updates"] + [f"s_per_1k_{ph}" for ph in PHASES + ("total", "median")]:
             mean, se, n = mean_se(r[k] for r in runs)
             row[k], row[f"{k}_se"], row[f"{k}_n"] = mean, se, n
         rows.append(row)
