@@ -16,7 +16,9 @@ corruption, its flags known):
 and both arms' metrics.csv give the real-data critic loss (rew/real_q_loss; Fig. 3 analog) and the return.
 
     python benchmarks/rew_mechanism.py --out results/rew_mechanism [--env SwimmerMBBL-v0] [--steps 20000]
-        [--seeds 0 1] [--eval-every 2000]            # ~1-2 CPU-h per seed and arm at 20k steps (SPECS 3.8)
+        [--seeds 0 1] [--eval-every 2000] [--arms rew pe_sac]  # ~2 CPU-h per seed and arm at 10k steps
+    taskset -c 1 python benchmarks/rew_mechanism.py --out DIR --arms pe_sac  # the arms on two cores at once
+    python benchmarks/rew_mechanism.py --out DIR --summarize     # summary.md of runs stopped before the end
     python benchmarks/rew_mechanism.py --out /tmp/rew_mech --smoke   # minutes: tiny nets, 400 steps
 
 Runs are ordinary run directories under --out (<env>_<arm>_s<seed>); the script resumes unfinished ones and
@@ -116,11 +118,16 @@ def main() -> None:
     ap.add_argument("--corrupt-scale", type=float, default=3.0)
     ap.add_argument("--eval-every", type=int, default=2000)
     ap.add_argument("--eval-starts", type=int, default=4096)
+    ap.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS),
+                    help="the arms this process trains (another process can train the other into the same --out)")
+    ap.add_argument("--summarize", action="store_true", help="only write summary.md from the runs as they stand")
     ap.add_argument("--smoke", action="store_true", help="tiny nets and 400 steps (checks the script, not ReW)")
     args = ap.parse_args()
     if args.smoke:
         args.env, args.eval_every, args.eval_starts = "InvertedPendulum-v5", 200, 512
     out = Path(args.out)
+    if args.summarize:
+        return write_summary(out, args)
     out.mkdir(parents=True, exist_ok=True)
     auc_path = out / "auc.csv"
     seen = set()
@@ -128,7 +135,7 @@ def main() -> None:
         seen = {(r["seed"], r["env_steps"]) for r in csv.DictReader(auc_path.open()) if r["env"] == args.env}
 
     for seed in args.seeds:
-        for arm in ARMS:
+        for arm in args.arms:
             run_dir = out / f"{args.env}_{arm}_s{seed}"
             cfg = config(args, arm, seed, run_dir)
             while (done := env_steps_done(run_dir)) < cfg.total_steps:
@@ -152,19 +159,21 @@ def main() -> None:
 
 
 def write_summary(out: Path, args) -> None:
-    """Per arm, over seeds: return and real-data critic loss over the last quarter of the run; the ReW arm's last
-    AUC rows."""
+    """Per arm, over seeds: return and real-data critic loss over the last quarter of the env steps every run has
+    reached (the same window for both arms); the ReW arm's last AUC rows."""
+    runs = {(arm, seed): out / f"{args.env}_{arm}_s{seed}" for arm in ARMS for seed in args.seeds}
+    metrics = {k: read_metrics(d) for k, d in runs.items() if (d / "metrics.csv").exists()}
+    common = min((int(m["env_steps"][-1]) for m in metrics.values()), default=0)
     lines = [f"# ReW mechanism on {args.env}: {args.corrupt_fraction:.0%} of the sets corrupted "
              f"(noise {args.corrupt_scale} x model std)", "",
-             "| arm | seeds | eval return (last 25%) | real-data critic loss (last 25%) |", "|---|---|---|---|"]
+             f"Means over env steps {0.75 * common:.0f}-{common} (the last quarter of what every run reached).", "",
+             "| arm | seeds | eval return | real-data critic loss |", "|---|---|---|---|"]
     for arm in ARMS:
         ret, qloss = [], []
         for seed in args.seeds:
-            run_dir = out / f"{args.env}_{arm}_s{seed}"
-            if not (run_dir / "metrics.csv").exists():
+            if (m := metrics.get((arm, seed))) is None:
                 continue
-            m = read_metrics(run_dir)
-            tail = m["env_steps"] >= 0.75 * m["env_steps"][-1]
+            tail = (m["env_steps"] >= 0.75 * common) & (m["env_steps"] <= common)
             ret.append(np.nanmean(m["eval_return"][tail]))
             qloss.append(np.nanmean(m["rew/real_q_loss"][tail]))
         if ret:
