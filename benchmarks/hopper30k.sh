@@ -52,6 +52,9 @@ collect_one() {  # dir: copy its config.json + metrics.csv to $RESULTS/<variant>
   local dest
   dest="$RESULTS/$(basename "$1" | sed 's/^hopper30k_//')"
   [[ -f "$1/metrics.csv" ]] || return 0
+  if [[ -f "$dest/metrics.csv" ]] && (( $(wc -l < "$dest/metrics.csv") > $(wc -l < "$1/metrics.csv") )); then
+    echo "kept $dest: it has more rows than $1 (move it aside to replace it)"; return 0
+  fi
   mkdir -p "$dest" && cp "$1/config.json" "$1/metrics.csv" "$dest/" && echo "collected $dest"
 }
 
