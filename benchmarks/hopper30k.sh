@@ -80,10 +80,11 @@ if [[ ${1:-} == collect ]]; then  # results/hopper30k/<variant>_s<seed>/: what s
   for dir in "$OUT"/hopper30k_*_s*/; do collect_one "${dir%/}"; done
   exit 0
 fi
-for cmd in mbrlax python; do  # a queue whose jobs cannot start would fail each one in turn, silently
-  if ! command -v $cmd > /dev/null; then echo "hopper30k.sh: '$cmd' is not on PATH; activate the venv that has mbrlax installed (. .venv/bin/activate)" >&2; exit 2; fi
-done
-python -c "import mbrlax" || { echo "hopper30k.sh: 'python' cannot import mbrlax; activate the venv that has it" >&2; exit 2; }
+# A queue whose jobs cannot start would fail each one in turn, silently: check the venv first.
+if ! command -v mbrlax > /dev/null || ! python -c "import mbrlax" 2> /dev/null; then
+  echo "hopper30k.sh: needs 'mbrlax' on PATH and a 'python' that imports it; activate the venv that has mbrlax installed (. .venv/bin/activate)" >&2
+  exit 2
+fi
 
 jobs=()
 for seed in $SEEDS; do for v in $VARIANTS; do variant_flags "$v" > /dev/null; jobs+=("$v $seed"); done; done

@@ -34,18 +34,23 @@ def fmt(m: float, se: float, n: int) -> str:
     return f"{m:.0f}" if n == 1 else f"{m:.0f} ± {se:.0f}"
 
 
-def run_total(col) -> float:
-    """The total of a cumulative column (time/*) over a run, nan (a phase not yet run) as 0. A drop is a
-    restart from 0: older code kept time/wall across a resume but restarted the phase times."""
+def increments(col) -> np.ndarray:
+    """Per row, the time a cumulative column (time/*) gained since the row before, nan (a phase not yet run) as
+    0. A drop is a restart from 0: older code kept time/wall across a resume but restarted the phase times."""
     v = np.nan_to_num(np.asarray(col, float))
     step = np.diff(v, prepend=0.0)
-    return float(np.where(step < 0, v, step).sum())
+    return np.where(step < 0, v, step)
+
+
+def run_total(col) -> float:
+    """The total of a cumulative column over a run, restarts included (`increments`)."""
+    return float(increments(col).sum())
 
 
 def run_values(m: dict, steps: list[int], window) -> dict:
     """One run's values (metrics `m`, at least one row): evals at the steps, the window mean, updates, phase
-    time per 1k steps (run means), the median interval cost and its last env step. The window mean (`window` = (A, B)) is nan unless the run
-    reached step B."""
+    time per 1k steps (run means), the median interval cost and its last env step. The window mean
+    (`window` = (A, B)) is nan unless the run reached step B."""
     out = {"last_step": int(m["env_steps"][-1])}
     for s in steps:
         hit = m["env_steps"] == s
@@ -70,7 +75,7 @@ def median_interval_cost(m: dict) -> float:
     if "time/wall" not in m or "agent/updates" not in m:
         return float("nan")
     learning = np.diff(m["agent/updates"], prepend=0.0) > 0
-    rate = 1000.0 * np.diff(m["time/wall"], prepend=0.0) / np.diff(m["env_steps"], prepend=0.0)
+    rate = 1000.0 * increments(m["time/wall"]) / np.diff(m["env_steps"], prepend=0.0)
     return float(np.median(rate[learning])) if learning.any() else float("nan")
 
 
