@@ -1,4 +1,4 @@
-"""Learning-curve plots of several runs, grouped by config (mean +- std over seeds)."""
+"""Learning-curve plots of several runs, grouped by config (mean +- standard error over seeds)."""
 
 from __future__ import annotations
 
@@ -72,18 +72,27 @@ def _label(config: dict[str, Any], differing: list[str], n_runs: int) -> str:
     return " ".join(parts + [seeds]) if parts else f"run {seeds}"
 
 
+def _family(config: dict[str, Any]) -> str:
+    """The algo and env of a flat config."""
+    return json.dumps([config.get(k) for k in LABEL_KEYS])
+
+
 def group_runs(run_dirs: list[str | Path]) -> dict[str, list[Path]]:
     """Group runs whose config (ignoring seed / out / run_dir keys) is equal.
 
-    Returns ``{legend label: [run dirs]}`` in order of first appearance.
+    Returns ``{legend label: [run dirs]}`` in order of first appearance. A label names the algo, the env and
+    the fields that differ between groups of that algo and env (not those between algos: their presets differ).
     """
     groups: dict[str, tuple[dict, list[Path]]] = {}
     for run_dir in map(Path, run_dirs):
         config = _flatten(_strip_ignored(_load_config(run_dir)))
         key = json.dumps(config, sort_keys=True)
         groups.setdefault(key, (config, []))[1].append(run_dir)
-    differing = _differing_keys([config for config, _ in groups.values()])
-    return {_label(config, differing, len(runs)): runs for config, runs in groups.values()}
+    families: dict[str, list[dict]] = {}
+    for config, _ in groups.values():
+        families.setdefault(_family(config), []).append(config)
+    differing = {family: _differing_keys(configs) for family, configs in families.items()}
+    return {_label(config, differing[_family(config)], len(runs)): runs for config, runs in groups.values()}
 
 
 # --------------------------------------------------------------------------- curves
@@ -108,31 +117,44 @@ def _run_curve(run_dir: Path, x: str, y: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _group_curve(curves: list[tuple[np.ndarray, np.ndarray]]):
-    """Mean and std over runs on the union of x values that all runs cover."""
+    """Mean, standard error and number of runs at every x of any run, from the latest start to the furthest
+    end; a run counts at the x inside its own range (linearly interpolated between its points), so a run
+    that stopped early drops out there instead of cutting the curve short."""
     lo = max(xs[0] for xs, _ in curves)
-    hi = min(xs[-1] for xs, _ in curves)
+    hi = max(xs[-1] for xs, _ in curves)
     grid = np.unique(np.concatenate([xs for xs, _ in curves]))
     grid = grid[(grid >= lo) & (grid <= hi)]
-    if grid.size == 0:
-        raise ValueError(f"runs of a group share no common x range ({lo} > {hi})")
-    ys = np.stack([np.interp(grid, xs, ys) for xs, ys in curves])
-    return grid, ys.mean(axis=0), ys.std(axis=0)
+    ys = np.stack([np.where((grid >= xs[0]) & (grid <= xs[-1]), np.interp(grid, xs, ys), np.nan)
+                   for xs, ys in curves])
+    n = np.sum(~np.isnan(ys), axis=0)
+    mean = np.nanmean(ys, axis=0)
+    se = np.zeros_like(mean)
+    several = n > 1
+    se[several] = np.nanstd(ys[:, several], axis=0, ddof=1) / np.sqrt(n[several])
+    return grid, mean, se, n
 
 
 def plot_runs(run_dirs: list[str | Path], out: str | Path,
               x: str = "env_steps", y: str = "eval_return") -> Path:
     """Plot ``y`` against ``x`` for runs grouped by config; save a PNG to ``out``.
 
-    Each group is drawn as its mean curve with a +- one std band over seeds.
+    Each group is drawn as the mean over its seeds with a +- one standard error band; where some seeds have
+    stopped the line goes on dashed, as the mean of those that have not (the label says from where).
     """
     fig = Figure(figsize=(7, 4.5))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     for label, runs in group_runs(run_dirs).items():
-        grid, mean, std = _group_curve([_run_curve(run, x, y) for run in runs])
-        (line,) = ax.plot(grid, mean, label=label)
-        if len(runs) > 1:
-            ax.fill_between(grid, mean - std, mean + std, color=line.get_color(), alpha=0.25)
+        grid, mean, se, n = _group_curve([_run_curve(run, x, y) for run in runs])
+        full = n == len(runs)
+        last_full = int(np.flatnonzero(full)[-1]) if full.any() else 0
+        if not full.all():
+            label += f"; dashed: fewer seeds past {grid[last_full]:g}"
+        (line,) = ax.plot(grid[:last_full + 1], mean[:last_full + 1], label=label)
+        if not full.all():
+            ax.plot(grid[last_full:], mean[last_full:], color=line.get_color(), linestyle="--")
+        band = n > 1
+        ax.fill_between(grid, mean - se, mean + se, where=band, color=line.get_color(), alpha=0.25)
     ax.set(title=f"{y} vs {x}", xlabel=x, ylabel=y)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(0.0, -0.14), fontsize=8)  # below the axes: labels can be long

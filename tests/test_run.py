@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import struct
 
-from mbrlax.plot import group_runs, plot_runs
+from mbrlax.plot import _group_curve, _run_curve, group_runs, plot_runs
 from mbrlax.run import (CheckpointError, MetricsLogger, ProgressBar, has_checkpoint,
                         load_checkpoint, read_metrics, save_checkpoint)
 from mbrlax.run.checkpoint import CKPT_NAME, PREV_NAME, checkpoint_dir
@@ -235,10 +235,33 @@ def test_group_runs(fake_runs):
     assert groups["mbpo Hopper-v5 model.ensemble=5 (1 seed)"] == fake_runs[2:]
 
 
+def test_group_labels_name_what_differs_within_an_algo_and_env(tmp_path):
+    base = {"env": "Hopper-v5", "sac": {"updates_per_step": 20}, "memr": {"alpha": 0.6}}
+    configs = [{**base, "algo": "mbpo"}, {**base, "algo": "memr", "sac": {"updates_per_step": 5}},
+               {**base, "algo": "memr", "sac": {"updates_per_step": 5}, "memr": {"alpha": 0.0}},
+               {**base, "algo": "mbpo", "memr": {"alpha": 0.0}}]  # a setting mbpo ignores still tells groups apart
+    for i, config in enumerate(configs):
+        write_run(tmp_path / str(i), config, [0], [1])
+    assert list(group_runs([tmp_path / str(i) for i in range(4)])) == [
+        "mbpo Hopper-v5 memr.alpha=0.6 (1 seed)", "memr Hopper-v5 memr.alpha=0.6 (1 seed)",
+        "memr Hopper-v5 memr.alpha=0.0 (1 seed)", "mbpo Hopper-v5 memr.alpha=0.0 (1 seed)"]
+
+
 def test_plot_runs(fake_runs, tmp_path):
     out = plot_runs(fake_runs, tmp_path / "plots" / "curve.png")
     assert out.is_file() and out.stat().st_size > 1000
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_group_curve_mean_se_and_runs_that_stop_early(fake_runs):
+    grid, mean, se, n = _group_curve([_run_curve(run, "env_steps", "eval_return") for run in fake_runs[:2]])
+    np.testing.assert_array_equal(grid, [0, 100, 150, 200, 250])  # on to the longer run's end
+    a0 = np.array([1, 2, 2.5, 3])  # each run interpolated inside its own range; a0 stops at 200
+    a1 = np.array([2, 2 + 100 / 150, 3, 4, 5])
+    pairs = np.stack([a0, a1[:4]])
+    np.testing.assert_array_equal(n, [2, 2, 2, 2, 1])
+    np.testing.assert_allclose(mean, [*pairs.mean(axis=0), 5])
+    np.testing.assert_allclose(se, [*(pairs.std(axis=0, ddof=1) / np.sqrt(2)), 0])
 
 
 def test_plot_errors(fake_runs, tmp_path):
