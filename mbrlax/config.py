@@ -186,7 +186,8 @@ class PMACConfig:
     """Holdout for early stopping and elites: uniform (authors' code), or weighted like the training
     loss (the weights then enter as loss weights with a uniform bootstrap)."""
     tv_states: int = 5000
-    """TV rule: states subsampled per model round to estimate each chunk's policy TV (cost cap)."""
+    """TV rule: states subsampled per model round to estimate the chunks' policy TVs (cost cap), split evenly
+    over every chunk the run will have (a fixed shape), so chunks existing so far use a share of it."""
     tv_max_rate: float = 0.02
     """TV rule: target mass of the newest chunk (the authors' max_rate)."""
 
@@ -354,8 +355,8 @@ _MBPO_TABLE = {
 }
 
 
-# PMAC's own horizon schedules (Table 1, written there as [x, y, a, b]) and G = 20 for every env
-# (Table 2); other settings as MBPO.
+# PMAC's own horizon schedules (Table 1, written there as [x, y, a, b]); for these envs also Table 2's G = 20 and
+# model training every 250 env steps (MBPO's Humanoid trains every 1000); other settings as MBPO.
 _PMAC_SCHEDULES = {
     "Hopper-v5": (20, 100, 1, 15),
     "Walker2d-v5": (20, 150, 1, 1),
@@ -397,8 +398,10 @@ def preset(env: str, algo: str = "mbpo", **overrides) -> TrainConfig:
         )
         if env == "Intersection-v0":  # 25-step episodes: look far enough ahead to see the turn coming
             cfg = replace(cfg, dam=replace(cfg.dam, horizon=12, num_sequences=200, num_particles=10))
-    if algo == "pmac" and env in _PMAC_SCHEDULES:
-        cfg = replace(cfg, rollout=replace(cfg.rollout, schedule=_PMAC_SCHEDULES[env]),
+    if algo == "pmac" and env in _PMAC_SCHEDULES:  # Table 2: G = 20 and a model round every 250 env steps
+        per_step = cfg.rollout.batch_size // cfg.model.train_freq  # 400 start states per env step (Humanoid 100)
+        cfg = replace(cfg, model=replace(cfg.model, train_freq=250),
+                      rollout=replace(cfg.rollout, schedule=_PMAC_SCHEDULES[env], batch_size=per_step * 250),
                       sac=replace(cfg.sac, updates_per_step=20))
     if algo == "memr":  # Table 1: G = 5, 400 one-step rollouts per env step, agent batches from model data only
         per_step = 100 if env.startswith("Humanoid") else 400

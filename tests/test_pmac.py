@@ -200,6 +200,10 @@ def test_pmac_config_errors_and_presets():
     assert base.rollout.schedule == (20, 100, 1, 15) and base.sac.updates_per_step == 20
     assert preset("HalfCheetah-v5", "pmac").sac.updates_per_step == 20
     assert preset("HalfCheetah-v5").sac.updates_per_step == 40
+    humanoid, humanoid_mbpo = preset("Humanoid-v5", "pmac"), preset("Humanoid-v5")
+    assert (humanoid.model.train_freq, humanoid.rollout.batch_size) == (250, 100 * 250)  # Table 2: every 250 steps
+    assert (humanoid_mbpo.model.train_freq, humanoid_mbpo.rollout.batch_size) == (1000, 100 * 1000)
+    assert (base.model.train_freq, base.rollout.batch_size) == (250, 400 * 250)
     for field_value, name in [(dict(alpha=1.0), "pmac.alpha"), (dict(chunk_steps=0), "pmac.chunk_steps"),
                               (dict(weights="kl"), "pmac.weights"), (dict(holdout="x"), "pmac.holdout"),
                               (dict(for_model=False, for_starts=False), "pmac.for_model")]:
@@ -298,6 +302,13 @@ def test_pmac_run_metrics_traces_and_state(tmp_path):
     pm = make_usage(cfg)
     assert isinstance(pm, PMAC)
     np.testing.assert_allclose(np.asarray(u["mass"])[:4], [ALPHA**3, 0.1 * ALPHA**2, 0.1 * ALPHA, 0.1], rtol=1e-5)
+    # the last row (500 rows: chunks 0-3 of 100 weighted, chunk 4's 100 rows not yet): the logged shares and the
+    # effective sample size 1 / sum p^2 of the row probabilities W_c / n_c, as a fraction of the rows
+    w = np.array([ALPHA**3, 0.1 * ALPHA**2, 0.1 * ALPHA, 0.1])
+    assert m["pmac/newest_share"][-1] == pytest.approx(0.1, rel=1e-5)
+    assert m["pmac/chunk0_share"][-1] == pytest.approx(ALPHA**3, rel=1e-5)
+    assert m["pmac/ess_fraction"][-1] == pytest.approx(1 / np.sum(w**2 / 100) / 500, rel=1e-5)
+    assert m["pmac/ess_fraction"][0] == pytest.approx(1.0)  # 100 exploration rows, uniform
 
 
 def test_pmac_resume_after_kill_9_restores_strategy_state(tmp_path):

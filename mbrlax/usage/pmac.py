@@ -167,6 +167,19 @@ class PMAC(ModelUsage):
             return {"weights": jnp.asarray(w * np.count_nonzero(w), jnp.float32)}
         return super().model_train_args(np.asarray(weights, np.float64))
 
+    # ---- logging: where the mass sits, and how many rows it effectively spreads over
+    metric_columns = ("pmac/newest_share", "pmac/chunk0_share", "pmac/ess_fraction")
+
+    def metrics(self, state):
+        """newest_share: the mass of the newest weighted chunk (0.1 under the paper rule once a chunk is added);
+        chunk0_share: the exploration data's; ess_fraction: the rows' effective sample size 1 / sum p^2 over
+        the rows present (1 = uniform)."""
+        u, size = state.usage, int(state.real.size)
+        mass = np.asarray(u["mass"], np.float64)
+        p = np.asarray(self.probs(u, state.real), np.float64)
+        return {"pmac/newest_share": float(mass[int(u["chunks"])]), "pmac/chunk0_share": float(mass[0]),
+                "pmac/ess_fraction": float(1.0 / np.sum(p**2) / size) if size else float("nan")}
+
     def rollout_starts(self, usage, real, key, n):
         if not self.p.for_starts:
             return super().rollout_starts(usage, real, key, n)
