@@ -81,7 +81,8 @@ def main() -> None:
         state = synthetic_state(c, usage, obs_dim, act_dim, args.real_rows)
         t_roll, state = timed(lambda s: dyna.rollout(s, jnp.int32(H), step), state, max(1, args.repeats // 2))
         window = dyna.window(H)
-        t_agent, state = timed(lambda s: dyna.agent_step(s, tr, window, step), state, args.repeats)
+        t_agent, state = timed(lambda s: dyna.agent_step(dyna.before_updates(s, tr, step), window, step), state,
+                               args.repeats)
         out[f"agent_step_{'rew' if weights == 'rew' else 'pe'}_ms"] = 1e3 * t_agent
         if weights == "rew":
             out["rollout_rew_s"] = t_roll

@@ -99,7 +99,9 @@ def bench(args: BenchArgs) -> dict:
         "ms_per_sac_update": 1000.0 * spent["agent_update"] / updates,
         "rollout_s": spent["rollout"],
         "env_s": spent["env_step"],
-        "other_s": loop_time - sum(spent[k] for k in ("model_train", "rollout", "agent_update", "env_step")),
+        "before_updates_s": spent["before_updates"],
+        "other_s": loop_time - sum(spent[k] for k in ("model_train", "rollout", "agent_update", "before_updates",
+                                                      "env_step")),
         "matmul_1024_gflops": matmul_gflops(1024),
         "device": str(jax.devices()[0]),
     }

@@ -72,7 +72,8 @@ def test_run_directory_contents(finished):
 def test_each_hot_path_compiled_once(finished):
     _, traces = finished
     # Growing horizons (1 -> 2) and growing data must not re-trace the jitted steps.
-    for name in ("agent_step", "rollout", "act", "add_real", "training_data", "before_training", "diagnostics"):
+    for name in ("before_updates", "agent_step", "rollout", "act", "add_real", "training_data", "before_training",
+                 "diagnostics"):
         assert traces.get(name) == 1, (name, traces)
 
 

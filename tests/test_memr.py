@@ -255,7 +255,8 @@ def tiny_memr(tmp_path, **kw):
 def test_memr_run_metrics_traces_and_state(tmp_path):
     dyna_mod.TRACE_COUNTS.clear()
     run = mbrlax.train(tiny_memr(tmp_path))  # 400 steps, 100 exploration, G = 2
-    for name in ("agent_step", "rollout", "act", "add_real", "training_data", "before_training", "diagnostics"):
+    for name in ("before_updates", "agent_step", "rollout", "act", "add_real", "training_data", "before_training",
+                 "diagnostics"):
         assert dyna_mod.TRACE_COUNTS.get(name) == 1, (name, dict(dyna_mod.TRACE_COUNTS))
     m = read_metrics(run.run_dir)
     np.testing.assert_array_equal(m["rollout/model_transitions"][1:], [100 * SEG, 200 * SEG, 300 * SEG])

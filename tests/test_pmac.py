@@ -289,7 +289,8 @@ def test_pmac_run_metrics_traces_and_state(tmp_path):
     cfg = tiny_pmac(tmp_path, total_steps=500)
     run = mbrlax.train(cfg)
     traces = dict(dyna_mod.TRACE_COUNTS)
-    for name in ("agent_step", "rollout", "act", "add_real", "training_data", "before_training", "diagnostics"):
+    for name in ("before_updates", "agent_step", "rollout", "act", "add_real", "training_data", "before_training",
+                 "diagnostics"):
         assert traces.get(name) == 1, (name, traces)
     m = read_metrics(run.run_dir)
     np.testing.assert_array_equal(m["agent/updates"], [0, 200, 400, 600, 800])  # G = 2 per learning step

@@ -349,7 +349,8 @@ def test_pmac_rew_run_metrics_traces_and_aligned_state(tmp_path):
     cfg = preset("InvertedPendulum-v5", "pmac+rew", **{**TINY, "out": str(tmp_path / "run"),
                                                         "rew": ReWConfig(horizon=3, meta_starts=8, meta_batch=32)})
     run = mbrlax.train(cfg)  # 400 steps, 100 exploration, G = 2, a meta step per learning step
-    for name in ("agent_step", "rollout", "act", "add_real", "training_data", "before_training", "diagnostics"):
+    for name in ("before_updates", "agent_step", "rollout", "act", "add_real", "training_data", "before_training",
+                 "diagnostics"):
         assert dyna_mod.TRACE_COUNTS.get(name) == 1, (name, dict(dyna_mod.TRACE_COUNTS))
     assert rew_mod.TRACE_COUNTS["epoch_metrics"] == 1
     m = read_metrics(run.run_dir)
@@ -357,6 +358,8 @@ def test_pmac_rew_run_metrics_traces_and_aligned_state(tmp_path):
         assert np.all(np.isfinite(m[col][1:])), col
     assert np.isnan(m["rew/weight_mean"][0]) and np.isfinite(m["rew/real_q_loss"][0])  # no model rows yet
     assert np.all((m["rew/weight_min"][1:] > 0) & (m["rew/weight_mean"][1:] < 1))
+    before = m["time/before_updates"]  # the meta steps' own phase: timed from the first learning step on
+    assert np.isnan(before[0]) and np.all(before[1:] > 0) and np.all(np.diff(before[1:]) > 0)
     pmac_u, rew_u = run.state.usage
     np.testing.assert_allclose(float(jnp.sum(pmac_u["mass"])), 1.0, rtol=1e-5)
     assert int(pmac_u["rounds"]) == 3

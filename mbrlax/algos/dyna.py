@@ -4,6 +4,7 @@
         every `train_freq` steps:  diagnostics, data weights, train the model on D_env  (model_round)
         when rollouts are due:     k-step rollouts from start states -> D_model          (rollout)
         act in the env with the policy, add to D_env                                     (env_step)
+        the strategy's step before the updates (ReW: meta step)                           (before_updates)
         G agent updates on minibatches of D_env and D_model                              (agent_step)
     every epoch: evaluate, log a metrics row, checkpoint
 
@@ -122,9 +123,12 @@ class Dyna:
             u = usage.on_real_step(state.usage, real, row, state.agent.params["actor"])
             return state.replace(real=real, usage=u)
 
-        def agent_step(seed, state: RunState, tr: Transition, window, step):
+        def before_updates(seed, state: RunState, tr: Transition, step):
+            """The new real row, then the strategy's step before the agent updates (ReW: its meta step)."""
             state = add_real(state, tr)
-            state = state.replace(usage=usage.before_updates(state.usage, state, step_key(seed, step, 6)))
+            return state.replace(usage=usage.before_updates(state.usage, state, step_key(seed, step, 6)))
+
+        def agent_step(seed, state: RunState, window, step):
             data = (state.real, state.imagined, window, state.usage)
             agent, metrics = sac_update(state.agent, data, step_key(seed, step, 1))
             u, agent = usage.after_updates(state.usage, state.replace(agent=agent), step_key(seed, step, 7))
@@ -163,7 +167,8 @@ class Dyna:
 
         # Per seed: the seed, then (0) per-seed values or (None) values shared by the seeds.
         self.add_real = traced("add_real", add_real, (0, 0), with_seed=False, donate_argnums=(0,))
-        self.agent_step = traced("agent_step", agent_step, (0, 0, 0, None, None), donate_argnums=(1,))
+        self.before_updates = traced("before_updates", before_updates, (0, 0, 0, None), donate_argnums=(1,))
+        self.agent_step = traced("agent_step", agent_step, (0, 0, None, None), donate_argnums=(1,))
         self.rollout = traced("rollout", rollout, (0, 0, None, None), donate_argnums=(1,))
         self.before_training = traced("before_training", before_training, (0, 0, 0, 0, None))
         self.diagnostics = traced("diagnostics", diagnostics, (0, 0, 0, None))
@@ -234,7 +239,7 @@ def evaluate(dyna: Dyna, actor, env, episodes: int, seed: int, step: int) -> tup
     return episode_returns(env, policy, episodes, [reset_seed(seed, EVAL_EPISODE, step, i) for i in range(episodes)])
 
 
-PHASES = ("env_step", "agent_update", "model_train", "rollout", "evaluate", "checkpoint")
+PHASES = ("env_step", "before_updates", "agent_update", "model_train", "rollout", "evaluate", "checkpoint")
 
 
 class Timer:
@@ -360,9 +365,10 @@ def run_loop(dyna: Dyna, state: RunState, lanes: list[Lane], stop_at: int | None
             tr = seeds.combine([lane.step_env(seed, a) for lane, seed, a in zip(lanes, seeds.values, actions)])
             timer.totals["env_step"] += time.perf_counter() - t0
 
-            # Agent updates (G per env step, one lax.scan).
+            # Agent updates (G per env step, one lax.scan), after the strategy's step before them.
             if learning:
-                state, metrics = timer("agent_update", dyna.agent_step, state, tr, dyna.window(horizon), step)
+                state = timer("before_updates", dyna.before_updates, state, tr, step)
+                state, metrics = timer("agent_update", dyna.agent_step, state, dyna.window(horizon), step)
                 if not np.all(np.asarray(metrics["sac/finite"])):
                     raise NonFiniteError(f"SAC update produced NaN/Inf at env step {step}")
                 sac_metrics = seeds.split(metrics)

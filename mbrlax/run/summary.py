@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-PHASES = ("agent_update", "model_train", "rollout", "env_step", "evaluate", "checkpoint")
+PHASES = ("agent_update", "before_updates", "model_train", "rollout", "env_step", "evaluate", "checkpoint")
 
 
 def mean_se(values) -> tuple[float, float, int]:
