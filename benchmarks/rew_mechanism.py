@@ -41,10 +41,12 @@ from mbrlax.api import _restore
 from mbrlax.config import ModelConfig, RolloutConfig, SACConfig, preset
 from mbrlax.run.checkpoint import has_checkpoint
 from mbrlax.run.metrics import read_metrics
+from mbrlax.run.summary import mean_se, run_values
 from mbrlax.usage import make_usage
 from mbrlax.usage.rew import explore_action, normalize, sequence_weights, set_features
 
 ARMS = {"rew": "rew", "pe_sac": "none"}
+COST_PHASES = ("before_updates", "agent_update", "model_train", "rollout")
 SMOKE = dict(  # the tests' tiny settings
     total_steps=400, init_steps=100, steps_per_epoch=100, eval_episodes=1,
     model=ModelConfig(hidden_size=32, num_layers=2, weight_decays=(1e-5, 1e-5, 1e-5), train_freq=100,
@@ -168,17 +170,27 @@ def write_summary(out: Path, args) -> None:
              f"(noise {args.corrupt_scale} x model std)", "",
              f"Means over env steps {0.75 * common:.0f}-{common} (the last quarter of what every run reached).", "",
              "| arm | seeds | eval return | real-data critic loss |", "|---|---|---|---|"]
+    costs = []
     for arm in ARMS:
-        ret, qloss = [], []
+        ret, qloss, cost = [], [], []
         for seed in args.seeds:
             if (m := metrics.get((arm, seed))) is None:
                 continue
             tail = (m["env_steps"] >= 0.75 * common) & (m["env_steps"] <= common)
             ret.append(np.nanmean(m["eval_return"][tail]))
             qloss.append(np.nanmean(m["rew/real_q_loss"][tail]))
+            cost.append(run_values(m, [], None))
         if ret:
-            lines.append(f"| {arm} | {len(ret)} | {np.mean(ret):.1f} ± {np.std(ret):.1f} | "
-                         f"{np.mean(qloss):.3f} ± {np.std(qloss):.3f} |")
+            pm = lambda v, digits: (lambda m, se, n: f"{m:.{digits}f}" + (f" ± {se:.{digits}f}" if n > 1 else ""))(*mean_se(v))
+            lines.append(f"| {arm} | {len(ret)} | {pm(ret, 1)} | {pm(qloss, 3)} |")
+            k = lambda key: (lambda v: f"{v:.0f}" if np.isfinite(v) else "-")(mean_se(c[key] for c in cost)[0])
+            costs.append(f"| {arm} | " + " | ".join(k(f"s_per_1k_{ph}") for ph in ("median", "total", *COST_PHASES))
+                         + " |")
+    lines += ["", "(± standard error over seeds.) Cost, s per 1,000 env steps (one core each; median over learning "
+              "intervals, run mean, and the run mean by phase; meta step = time/before_updates, '-' in runs from "
+              "before it was timed apart from the agent updates):", "",
+              "| arm | median | total | meta step | agent updates | model training | rollouts |", "|---|---|---|---|---|---|---|",
+              *costs]
     auc_path = out / "auc.csv"
     if auc_path.exists():
         rows = [r for r in csv.DictReader(auc_path.open()) if r["env"] == args.env]
