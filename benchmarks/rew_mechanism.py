@@ -160,6 +160,12 @@ def main() -> None:
     write_summary(out, args)
 
 
+def mean_pm_se(values, digits: int) -> str:
+    """`mean ± s.e.` over seeds (the mean alone for one)."""
+    m, se, n = mean_se(values)
+    return f"{m:.{digits}f}" + (f" ± {se:.{digits}f}" if n > 1 else "")
+
+
 def write_summary(out: Path, args) -> None:
     """Per arm, over seeds: return and real-data critic loss over the last quarter of the env steps every run has
     reached (the same window for both arms); the ReW arm's last AUC rows."""
@@ -181,8 +187,7 @@ def write_summary(out: Path, args) -> None:
             qloss.append(np.nanmean(m["rew/real_q_loss"][tail]))
             cost.append(run_values(m, [], None))
         if ret:
-            pm = lambda v, digits: (lambda m, se, n: f"{m:.{digits}f}" + (f" ± {se:.{digits}f}" if n > 1 else ""))(*mean_se(v))
-            lines.append(f"| {arm} | {len(ret)} | {pm(ret, 1)} | {pm(qloss, 3)} |")
+            lines.append(f"| {arm} | {len(ret)} | {mean_pm_se(ret, 1)} | {mean_pm_se(qloss, 3)} |")
             k = lambda key: (lambda v: f"{v:.0f}" if np.isfinite(v) else "-")(mean_se(c[key] for c in cost)[0])
             costs.append(f"| {arm} | " + " | ".join(k(f"s_per_1k_{ph}") for ph in ("median", "total", *COST_PHASES))
                          + " |")

@@ -38,6 +38,8 @@ TINY_FLAGS = [
     "--sac.hidden-size", "32", "--sac.updates-per-step", "2", "--sac.batch-size", "64",
     "--rollout.batch-size", "200", "--rollout.schedule", "1", "3", "1", "3",
 ]
+HOT_PATHS = ("before_updates", "agent_step", "rollout", "act", "add_real", "training_data", "before_training",
+             "diagnostics")  # the loop's jitted steps: each must compile once per run
 
 
 def tiny(tmp_path, algo="mbpo", **kw):
@@ -72,8 +74,7 @@ def test_run_directory_contents(finished):
 def test_each_hot_path_compiled_once(finished):
     _, traces = finished
     # Growing horizons (1 -> 2) and growing data must not re-trace the jitted steps.
-    for name in ("before_updates", "agent_step", "rollout", "act", "add_real", "training_data", "before_training",
-                 "diagnostics"):
+    for name in HOT_PATHS:
         assert traces.get(name) == 1, (name, traces)
 
 

@@ -23,7 +23,7 @@ from mbrlax.usage.memr import MEMR, priority, psi_gaussian
 from mbrlax.usage.sumtree import sumtree_build, sumtree_probs, sumtree_sample, sumtree_set
 
 from conftest import kill_9_during_training
-from test_dyna import TINY, TINY_FLAGS
+from test_dyna import HOT_PATHS, TINY, TINY_FLAGS
 
 OBS, ACT, SEG, TOTAL = 4, 2, 50, 2000
 
@@ -255,8 +255,7 @@ def tiny_memr(tmp_path, **kw):
 def test_memr_run_metrics_traces_and_state(tmp_path):
     dyna_mod.TRACE_COUNTS.clear()
     run = mbrlax.train(tiny_memr(tmp_path))  # 400 steps, 100 exploration, G = 2
-    for name in ("before_updates", "agent_step", "rollout", "act", "add_real", "training_data", "before_training",
-                 "diagnostics"):
+    for name in HOT_PATHS:
         assert dyna_mod.TRACE_COUNTS.get(name) == 1, (name, dict(dyna_mod.TRACE_COUNTS))
     m = read_metrics(run.run_dir)
     np.testing.assert_array_equal(m["rollout/model_transitions"][1:], [100 * SEG, 200 * SEG, 300 * SEG])

@@ -20,7 +20,7 @@ from mbrlax.usage import Compose, ModelUsage, make_usage
 from mbrlax.usage.pmac import PMAC, chunk_ids, tv_distance
 
 from conftest import kill_9_during_training
-from test_dyna import TINY, TINY_FLAGS
+from test_dyna import HOT_PATHS, TINY, TINY_FLAGS
 from test_models import np_members
 
 ALPHA, INIT, CHUNK, TOTAL = 0.9, 1000, 250, 3000
@@ -289,8 +289,7 @@ def test_pmac_run_metrics_traces_and_state(tmp_path):
     cfg = tiny_pmac(tmp_path, total_steps=500)
     run = mbrlax.train(cfg)
     traces = dict(dyna_mod.TRACE_COUNTS)
-    for name in ("before_updates", "agent_step", "rollout", "act", "add_real", "training_data", "before_training",
-                 "diagnostics"):
+    for name in HOT_PATHS:
         assert traces.get(name) == 1, (name, traces)
     m = read_metrics(run.run_dir)
     np.testing.assert_array_equal(m["agent/updates"], [0, 200, 400, 600, 800])  # G = 2 per learning step

@@ -26,7 +26,7 @@ from mbrlax.usage.rew import (ReW, explore_action, inner_step, meta_gradient, me
                               sequence_weights, set_losses, set_rollout, weight_net_init, weight_step)
 
 from conftest import kill_9_during_training
-from test_dyna import TINY, TINY_FLAGS
+from test_dyna import HOT_PATHS, TINY, TINY_FLAGS
 
 OBS, ACT = 3, 2
 D = 2 * OBS + ACT + 1
@@ -349,8 +349,7 @@ def test_pmac_rew_run_metrics_traces_and_aligned_state(tmp_path):
     cfg = preset("InvertedPendulum-v5", "pmac+rew", **{**TINY, "out": str(tmp_path / "run"),
                                                         "rew": ReWConfig(horizon=3, meta_starts=8, meta_batch=32)})
     run = mbrlax.train(cfg)  # 400 steps, 100 exploration, G = 2, a meta step per learning step
-    for name in ("before_updates", "agent_step", "rollout", "act", "add_real", "training_data", "before_training",
-                 "diagnostics"):
+    for name in HOT_PATHS:
         assert dyna_mod.TRACE_COUNTS.get(name) == 1, (name, dict(dyna_mod.TRACE_COUNTS))
     assert rew_mod.TRACE_COUNTS["epoch_metrics"] == 1
     m = read_metrics(run.run_dir)
