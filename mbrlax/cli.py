@@ -148,7 +148,11 @@ def cmd_plot(argv: list[str]) -> None:
     from mbrlax.plot import plot_runs
 
     args = tyro.cli(PlotArgs, args=argv, prog="mbrlax plot")
-    print(f"wrote {plot_runs(list(args.run_dirs), args.output, x=args.x, y=args.y)}")
+    try:
+        print(f"wrote {plot_runs(list(args.run_dirs), args.output, x=args.x, y=args.y)}")
+    except ValueError as e:  # a path that is not a run directory, a missing column: say so, no traceback
+        print(f"mbrlax plot: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 def cmd_bench(argv: list[str]) -> None:

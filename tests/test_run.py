@@ -274,6 +274,17 @@ def test_plot_errors(fake_runs, tmp_path):
         plot_runs([empty], tmp_path / "p.png")
 
 
+def test_plot_cli_says_what_is_wrong_without_a_traceback(tmp_path, capsys):
+    from mbrlax.cli import main
+
+    not_a_run = tmp_path / "table.csv"
+    not_a_run.write_text("t,x\n")
+    with pytest.raises(SystemExit) as stop:
+        main(["plot", str(not_a_run), "-o", str(tmp_path / "p.png")])
+    assert stop.value.code == 2
+    assert f"mbrlax plot: run {not_a_run} has no config.json" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------- progress
 
 
