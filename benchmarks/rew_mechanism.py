@@ -41,7 +41,7 @@ from mbrlax.api import _restore
 from mbrlax.config import ModelConfig, RolloutConfig, SACConfig, preset
 from mbrlax.run.checkpoint import has_checkpoint
 from mbrlax.run.metrics import read_metrics
-from mbrlax.run.summary import mean_se, run_values
+from mbrlax.run.summary import fmt, mean_se, run_values
 from mbrlax.usage import make_usage
 from mbrlax.usage.rew import explore_action, normalize, sequence_weights, set_features
 
@@ -160,12 +160,6 @@ def main() -> None:
     write_summary(out, args)
 
 
-def mean_pm_se(values, digits: int) -> str:
-    """`mean ± s.e.` over seeds (the mean alone for one)."""
-    m, se, n = mean_se(values)
-    return f"{m:.{digits}f}" + (f" ± {se:.{digits}f}" if n > 1 else "")
-
-
 def write_summary(out: Path, args) -> None:
     """Per arm, over seeds: return and real-data critic loss over the last quarter of the env steps every run has
     reached (the same window for both arms); the ReW arm's last AUC rows."""
@@ -187,10 +181,9 @@ def write_summary(out: Path, args) -> None:
             qloss.append(np.nanmean(m["rew/real_q_loss"][tail]))
             cost.append(run_values(m, [], None))
         if ret:
-            lines.append(f"| {arm} | {len(ret)} | {mean_pm_se(ret, 1)} | {mean_pm_se(qloss, 3)} |")
-            k = lambda key: (lambda v: f"{v:.0f}" if np.isfinite(v) else "-")(mean_se(c[key] for c in cost)[0])
-            costs.append(f"| {arm} | " + " | ".join(k(f"s_per_1k_{ph}") for ph in ("median", "total", *COST_PHASES))
-                         + " |")
+            lines.append(f"| {arm} | {len(ret)} | {fmt(*mean_se(ret), digits=1)} | {fmt(*mean_se(qloss), digits=3)} |")
+            means = [mean_se(c[f"s_per_1k_{ph}"] for c in cost) for ph in ("median", "total", *COST_PHASES)]
+            costs.append(f"| {arm} | " + " | ".join(fmt(m, se, min(n, 1)) for m, se, n in means) + " |")  # means only
     lines += ["", "(± standard error over seeds.) Cost, s per 1,000 env steps (one core each; median over learning "
               "intervals, run mean, and the run mean by phase; meta step = time/before_updates, '-' in runs from "
               "before it was timed apart from the agent updates):", "",

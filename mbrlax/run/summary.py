@@ -27,11 +27,11 @@ def mean_se(values) -> tuple[float, float, int]:
     return float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan"), len(v)
 
 
-def fmt(m: float, se: float, n: int) -> str:
+def fmt(m: float, se: float, n: int, digits: int = 0) -> str:
     """`mean ± s.e.` as table text (`-` without values, the mean alone for one)."""
     if n == 0:
         return "-"
-    return f"{m:.0f}" if n == 1 else f"{m:.0f} ± {se:.0f}"
+    return f"{m:.{digits}f}" if n == 1 else f"{m:.{digits}f} ± {se:.{digits}f}"
 
 
 def increments(col) -> np.ndarray:
