@@ -6,8 +6,8 @@ Importing mbrlax sets nothing: CPU threading is chosen where a run starts
 
 __version__ = "0.1.0"
 
-from mbrlax.api import Policy, Run, load, resume, train, train_seeds  # noqa: E402
+from mbrlax.api import Policy, Run, load, pack, resume, train, train_seeds  # noqa: E402
 from mbrlax.config import TrainConfig, preset  # noqa: E402
 from mbrlax.runtime import configure  # noqa: E402
 
-__all__ = ["Policy", "Run", "TrainConfig", "configure", "load", "preset", "resume", "train", "train_seeds"]
+__all__ = ["Policy", "Run", "TrainConfig", "configure", "load", "pack", "preset", "resume", "train", "train_seeds"]

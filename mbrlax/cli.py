@@ -1,4 +1,4 @@
-"""Command line: `mbrlax {train,resume,eval,diagnose,plot,bench,sweep}`.
+"""Command line: `mbrlax {train,resume,pack,eval,diagnose,plot,bench,sweep}`.
 
 `mbrlax train` takes every TrainConfig field as a flag (`--total-steps`,
 `--sac.updates-per-step`, ...); defaults come from the paper preset of the
@@ -17,10 +17,11 @@ from typing import Annotated
 
 import tyro
 
-USAGE = """usage: mbrlax {train,resume,eval,diagnose,plot,bench,sweep} [--help]
+USAGE = """usage: mbrlax {train,resume,pack,eval,diagnose,plot,bench,sweep} [--help]
 
   train    train an agent (default: MBPO on InvertedPendulum-v5); --seeds 0-3: several seeds in one process
   resume   continue a stopped or killed run (or all seeds of a --seeds run) from its last checkpoint
+  pack     a small copy of a run to carry to another machine (model buffer dropped, deflated); resume it there
   eval     evaluate the saved policy of a run (--video out.mp4 records it)
   diagnose the saved model's errors and calibration on held-out real data (PNG and CSV)
   plot     learning curves of one or more runs (mean and spread over seeds)
@@ -33,6 +34,14 @@ USAGE = """usage: mbrlax {train,resume,eval,diagnose,plot,bench,sweep} [--help]
 class ResumeArgs:
     run_dir: tyro.conf.Positional[str]
     """Run directory to continue."""
+
+
+@dataclass(frozen=True)
+class PackArgs:
+    run_dir: tyro.conf.Positional[str]
+    """Run directory to pack (it may still be running)."""
+    dest: tyro.conf.Positional[str]
+    """New directory for the copy: config.json, metrics.csv, a deflated checkpoint without the model buffer."""
 
 
 @dataclass(frozen=True)
@@ -118,6 +127,19 @@ def cmd_resume(argv: list[str]) -> None:
     _print_summary(mbrlax.resume(args.run_dir))
 
 
+def cmd_pack(argv: list[str]) -> None:
+    import os
+
+    from mbrlax.api import pack
+
+    args = tyro.cli(PackArgs, args=argv, prog="mbrlax pack",
+                    description="Copy a run's config, metrics and newest checkpoint without the model buffer, "
+                                "deflated; `mbrlax resume DEST` continues it (the model buffer refilled by the "
+                                "next rollouts).")
+    ckpt = pack(args.run_dir, args.dest) / "checkpoints" / "ckpt.npz"
+    print(f"packed {args.run_dir} into {args.dest} ({os.path.getsize(ckpt) / 1e6:.1f} MB checkpoint)")
+
+
 def cmd_eval(argv: list[str]) -> None:
     import mbrlax
 
@@ -175,7 +197,7 @@ def _print_summary(runs) -> None:
         print(f"done: {run.run_dir}  env_steps={int(m['env_steps'][-1])}  eval_return={m['eval_return'][-1]:.1f}")
 
 
-COMMANDS = {"train": cmd_train, "resume": cmd_resume, "eval": cmd_eval, "diagnose": cmd_diagnose,
+COMMANDS = {"train": cmd_train, "resume": cmd_resume, "pack": cmd_pack, "eval": cmd_eval, "diagnose": cmd_diagnose,
             "plot": cmd_plot, "bench": cmd_bench, "sweep": cmd_sweep}
 
 

@@ -50,3 +50,35 @@ def kill_9_during_training(flags: list[str], out, rows: int, column: str = "env_
         time.sleep(0.1)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+
+
+def check_pack_is_the_run_with_its_model_buffer_cleared(run_dir, tmp_path, cleared_leaves: dict) -> tuple:
+    """Pack `run_dir` (a stopped Dyna run) and check the pack against a NumPy oracle: the original checkpoint
+    with the `state.imagined.data` leaves zeroed, `state.imagined.size` 0 and `cleared_leaves` (name: value)
+    set, stored uncompressed. Both resume to the end; returns their Runs (packed, oracle)."""
+    import numpy as np
+
+    from mbrlax.cli import main
+
+    oracle = tmp_path / "oracle"
+    shutil.copytree(run_dir, oracle)
+    ckpt = oracle / "checkpoints" / "ckpt.npz"
+    with np.load(ckpt) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    assert int(arrays["state.imagined.size"]) > 0  # there is something to drop
+    model_rows_bytes = 0
+    for name in arrays:
+        if name.startswith("state.imagined.data"):
+            model_rows_bytes += arrays[name].nbytes
+            arrays[name] = np.zeros_like(arrays[name])
+    arrays["state.imagined.size"] = np.zeros_like(arrays["state.imagined.size"])
+    for name, value in cleared_leaves.items():
+        assert name in arrays, name
+        arrays[name] = np.full_like(arrays[name], value)
+    np.savez(ckpt, **arrays)  # (its meta lacks the "packed" note: the loop does not read it)
+    packed = tmp_path / "packed"
+    main(["pack", str(run_dir), str(packed)])
+    original_size = (run_dir / "checkpoints" / "ckpt.npz").stat().st_size
+    assert (packed / "checkpoints" / "ckpt.npz").stat().st_size < original_size - 0.9 * model_rows_bytes
+    assert not (packed / "checkpoints" / "ckpt.prev.npz").exists()
+    return mbrlax.resume(packed), mbrlax.resume(oracle)

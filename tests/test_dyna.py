@@ -21,7 +21,7 @@ from mbrlax.run.checkpoint import CheckpointError
 from mbrlax.run.metrics import read_metrics
 from mbrlax.usage import ModelUsage, make_usage
 
-from conftest import kill_9_during_training
+from conftest import check_pack_is_the_run_with_its_model_buffer_cleared, kill_9_during_training
 
 TINY = dict(
     total_steps=400, init_steps=100, steps_per_epoch=100, eval_episodes=1, progress=False,
@@ -137,6 +137,38 @@ def test_resume_after_kill_9(tmp_path):
     steps = read_metrics(out)["env_steps"]
     np.testing.assert_array_equal(steps, np.arange(100, 1501, 100))  # no gap, no duplicate
     assert int(run.state.real.size) == 1500  # every real transition kept
+
+
+def test_pack_resumes_as_the_run_with_its_model_buffer_cleared(tmp_path, capsys):
+    cfg = tiny(tmp_path, total_steps=600)
+    stopped = mbrlax.train(cfg, stop_at=300)
+    packed, oracle = check_pack_is_the_run_with_its_model_buffer_cleared(Path(cfg.out), tmp_path, {})
+    assert "is a packed copy" in capsys.readouterr().out
+    assert int(packed.state.real.size) == 600
+    jax.tree.map(np.testing.assert_array_equal, packed.state, oracle.state)
+    m, o = read_metrics(packed.run_dir), read_metrics(oracle.run_dir)
+    np.testing.assert_array_equal(m["env_steps"], np.arange(100, 601, 100))
+    for col in m:
+        if not col.startswith("time/"):
+            np.testing.assert_array_equal(m[col], o[col], err_msg=col)
+    # The packed checkpoint holds everything but the model rows as saved; a second pack keeps the note.
+    run_again = mbrlax.resume(cfg.out)
+    assert not np.array_equal(read_metrics(run_again.run_dir)["sac/q_loss"], m["sac/q_loss"])  # the buffer matters
+    mbrlax.pack(packed.run_dir, tmp_path / "twice")
+    meta = json.loads(bytes(np.load(tmp_path / "twice" / "checkpoints" / "ckpt.npz")["__checkpoint__"]))["meta"]
+    assert [p["env_steps"] for p in meta["packed"]] == [300, 600]
+    assert meta["packed"][0]["model_rows"] == int(stopped.state.imagined.size) > 0
+
+
+def test_pack_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="no config.json"):
+        mbrlax.pack(tmp_path, tmp_path / "dest")
+    cfg = tiny(tmp_path)
+    mbrlax.train(cfg, stop_at=100)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("")
+    with pytest.raises(CheckpointError, match="not empty"):
+        mbrlax.pack(cfg.out, tmp_path / "full")
 
 
 def test_nan_in_agent_stops_with_error_and_keeps_checkpoint(tmp_path):

@@ -2,6 +2,7 @@
 the model-data policy pi_psi, the segmented model buffer, and MEMR runs."""
 
 from dataclasses import replace
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +23,7 @@ from mbrlax.usage import make_usage
 from mbrlax.usage.memr import MEMR, priority, psi_gaussian
 from mbrlax.usage.sumtree import sumtree_build, sumtree_probs, sumtree_sample, sumtree_set
 
-from conftest import kill_9_during_training
+from conftest import check_pack_is_the_run_with_its_model_buffer_cleared, kill_9_during_training
 from test_dyna import HOT_PATHS, TINY, TINY_FLAGS
 
 OBS, ACT, SEG, TOTAL = 4, 2, 50, 2000
@@ -284,3 +285,12 @@ def test_memr_resume_after_kill_9_continues_the_strategy_state(tmp_path):
     np.testing.assert_array_equal(m["env_steps"], np.arange(100, 1001, 100))  # no gap, no duplicate
     np.testing.assert_array_equal(m["rollout/model_transitions"][1:], SEG * np.arange(100, 901, 100))
     assert int(run.state.usage["segments"]) == 900
+
+
+def test_memr_pack_resets_the_importance_weights_of_the_dropped_model_rows(tmp_path):
+    cfg = tiny_memr(tmp_path)
+    mbrlax.train(cfg, stop_at=200)
+    packed, oracle = check_pack_is_the_run_with_its_model_buffer_cleared(
+        Path(cfg.out), tmp_path, {"state.usage['is_weight']": 1.0})
+    jax.tree.map(np.testing.assert_array_equal, packed.state, oracle.state)
+    assert int(packed.state.usage["segments"]) == 300  # the segments stay aligned with the buffer's ptr

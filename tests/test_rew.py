@@ -3,6 +3,7 @@ finite differences, the weight network (initial weight, causality over depth, st
 real action sequences, the exploration policy, weighted minibatches, and ReW / PMAC+ReW runs."""
 
 from dataclasses import replace
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +26,7 @@ from mbrlax.usage.pmac import PMAC
 from mbrlax.usage.rew import (ReW, explore_action, inner_step, meta_gradient, meta_gradient_autodiff, real_sequences,
                               sequence_weights, set_losses, set_rollout, weight_net_init, weight_step)
 
-from conftest import kill_9_during_training
+from conftest import check_pack_is_the_run_with_its_model_buffer_cleared, kill_9_during_training
 from test_dyna import HOT_PATHS, TINY, TINY_FLAGS
 
 OBS, ACT = 3, 2
@@ -382,3 +383,15 @@ def test_rew_resume_after_kill_9(tmp_path):
         assert np.all(np.isfinite(m[col][1:])), col
     assert int(run.state.usage["ptr"]) == int(run.state.imagined.ptr)
     np.testing.assert_array_equal(m["agent/updates"], 2 * np.maximum(m["env_steps"] - 100, 0))
+
+
+def test_pmac_rew_pack_clears_the_features_of_the_dropped_model_rows(tmp_path):
+    cfg = preset("InvertedPendulum-v5", "pmac+rew", **{**TINY, "total_steps": 400, "out": str(tmp_path / "run"),
+                                                        "rew": ReWConfig(horizon=3, meta_starts=8, meta_batch=32)})
+    mbrlax.train(cfg, stop_at=200)
+    rew_leaf = lambda name: f"state.usage[1]['{name}']"  # (PMAC's slot, then ReW's)
+    packed, oracle = check_pack_is_the_run_with_its_model_buffer_cleared(
+        Path(cfg.out), tmp_path, {rew_leaf("feat"): 0, rew_leaf("carry"): 0, rew_leaf("depth"): 0, rew_leaf("size"): 0})
+    jax.tree.map(np.testing.assert_array_equal, packed.state, oracle.state)
+    rew_u = packed.state.usage[1]
+    assert int(rew_u["ptr"]) == int(packed.state.imagined.ptr) and int(rew_u["size"]) == int(packed.state.imagined.size)

@@ -1,6 +1,6 @@
 """Atomic, crash-safe checkpoints of JAX/NumPy pytrees.
 
-A checkpoint is a single uncompressed ``.npz`` file holding every leaf of the
+A checkpoint is a single ``.npz`` file (uncompressed; `mbrlax pack` deflates its copy) holding every leaf of the
 run state (keyed by its ``jax.tree_util.keystr`` path, prefixed with
 ``state``) plus a JSON header (user ``meta`` and per-leaf dtype / PRNG-key
 information) stored as a ``uint8`` array in the same file, so state and meta
@@ -103,12 +103,12 @@ def _remove_stale_temps(ckpt_dir: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _write_npz_atomically(arrays: dict[str, np.ndarray], ckpt_dir: Path) -> Path:
-    """Write ``arrays`` to a fsync'ed temp file in ``ckpt_dir``; return its path."""
+def _write_npz_atomically(arrays: dict[str, np.ndarray], ckpt_dir: Path, compress: bool = False) -> Path:
+    """Write ``arrays`` to a fsync'ed temp file in ``ckpt_dir`` (deflated if ``compress``); return its path."""
     fd, tmp_name = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=".npz", dir=ckpt_dir)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            (np.savez_compressed if compress else np.savez)(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
     except BaseException:
@@ -124,8 +124,9 @@ def _json_scalar(value: Any) -> Any:
     raise TypeError(f"checkpoint meta value {value!r} of type {type(value).__name__} is not JSON serializable")
 
 
-def save_checkpoint(run_dir: str | Path, state: Any, meta: dict) -> Path:
-    """Atomically save ``state`` (a pytree) and JSON-serializable ``meta``.
+def save_checkpoint(run_dir: str | Path, state: Any, meta: dict, compress: bool = False) -> Path:
+    """Atomically save ``state`` (a pytree) and JSON-serializable ``meta`` (``compress``: deflated, slower to
+    write; loading reads either form).
 
     Returns the path of the written checkpoint (``run_dir/checkpoints/ckpt.npz``).
     The previous checkpoint, if any, is kept as ``ckpt.prev.npz``.
@@ -146,7 +147,7 @@ def save_checkpoint(run_dir: str | Path, state: Any, meta: dict) -> Path:
 
     ckpt, prev = ckpt_dir / CKPT_NAME, ckpt_dir / PREV_NAME
     try:
-        tmp = _write_npz_atomically(arrays, ckpt_dir)
+        tmp = _write_npz_atomically(arrays, ckpt_dir, compress)
     except OSError as e:
         full = " (the disk is full)" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
         kept = f"the previous checkpoint {ckpt} is intact" if ckpt.exists() else "no checkpoint was saved before"

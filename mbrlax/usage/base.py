@@ -16,6 +16,7 @@ must keep shapes fixed (no retraces).
                            agent_batch -> Batch(q_weight, pi_weight)  (traced, inside the SAC scan)
                            after_updates -> (usage, agent)  (traced, after the G updates)
     per epoch              metrics               (host: the strategy's columns of the metrics row)
+    `mbrlax pack`          clear_model_rows      (the state of a run whose model buffer was emptied)
 """
 
 from __future__ import annotations
@@ -153,6 +154,12 @@ class ModelUsage:
         """The strategy's metrics at an epoch end, from the RunState `state` (host)."""
         return {}
 
+    # ---- packing (mbrlax.api.pack)
+    def clear_model_rows(self, usage: Usage) -> Usage:
+        """The state once the model buffer's rows are dropped (its ptr kept): what the strategy holds per model
+        row goes back to its initial value. MBPO holds nothing per row."""
+        return usage
+
 
 def minibatch(real: Buffer, imagined: Buffer | None, real_idx: jax.Array, model_idx: jax.Array):
     """The transitions of real rows `real_idx` followed by model rows `model_idx` (traced)."""
@@ -272,6 +279,9 @@ class Compose(ModelUsage):
 
     def sample_weights(self, usage, batch, is_real):
         return self._call("agent", "sample_weights", usage, batch, is_real)[2]
+
+    def clear_model_rows(self, usage):
+        return tuple(p.clear_model_rows(u) for p, u in zip(self.parts, usage))
 
     def metrics(self, state):
         out = {}

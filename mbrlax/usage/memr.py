@@ -190,6 +190,9 @@ class MEMR(ModelUsage):
         batch = minibatch(real, imagined, real_idx, model_idx)
         return Batch(**vars(batch), q_weight=q_weight, pi_weight=jnp.ones_like(q_weight))  # l.20: unweighted
 
+    def clear_model_rows(self, usage):
+        return {**usage, "is_weight": jnp.ones_like(usage["is_weight"])}
+
     def metrics(self, state):
         u, size = state.usage, int(state.real.size)
         return {"memr/priority_mean": float(np.mean(np.asarray(u["priority"][:size]))) if size else float("nan"),

@@ -427,5 +427,11 @@ class ReW(ModelUsage):
             out[f"rew/weight_depth_{k}"] = jnp.where(jnp.any(at), jnp.sum(w * at) / jnp.maximum(jnp.sum(at), 1), nan)
         return out
 
+    def clear_model_rows(self, usage):
+        if not self.learned:
+            return usage
+        zero = lambda k: jnp.zeros_like(usage[k])
+        return {**usage, "feat": zero("feat"), "carry": zero("carry"), "depth": zero("depth"), "size": jnp.int32(0)}
+
     def metrics(self, state):
         return {k: float(v) for k, v in self._epoch_metrics_jit(state.usage, state.agent, state.real).items()}
