@@ -14,12 +14,12 @@
 #   VARIANTS="memr memr-uniform" SEEDS="0" CORES="1" bash benchmarks/hopper30k.sh
 #   TOTAL=300 EXTRA="--init-steps 200 --steps-per-epoch 100 --model.train-freq 100" OUT=/tmp/smoke \
 #       VARIANTS="pmac memr" SEEDS=0 bash benchmarks/hopper30k.sh  # smoke check
-#   bash benchmarks/hopper30k.sh collect    # copy each run's config.json + metrics.csv to results/hopper30k/,
-#                                           # and `mbrlax pack` each unfinished one into results/hopper30k/carry/
+#   bash benchmarks/hopper30k.sh collect    # copy each run's config.json + metrics.csv to results/hopper30k/
+#                                           # and pack every unfinished run in OUT into results/carry/
 # (each run is also collected as soon as it ends; RESULTS=dir copies elsewhere, e.g. when the script
 # runs from a snapshot of the code outside the checkout). The machine may not outlive the session: commit
-# results/hopper30k/carry/ (about 15 MB a run) and a run with no directory in OUT continues from its pack
-# there (the run with its model buffer emptied at the pack's env step; see `mbrlax pack --help`).
+# results/carry/ after collecting; on a new machine the script first restores those packs into OUT
+# (benchmarks/carry.py: the runs continue with their model buffers emptied at the packs' env steps).
 # Summary and curves afterwards, from the run directories or from the copies in results/:
 #   python benchmarks/summarize.py --group --steps 10000,20000,30000 --mean-between 10000,30000 results/hopper30k/*_s*
 #   mbrlax plot results/hopper30k/*_s* -o results/hopper30k/curves.png
@@ -31,6 +31,8 @@ VARIANTS=${VARIANTS:-"pmac mbpo sac memr memr-uniform pmac-model-only pmac-start
 CORES=${CORES:-"0 1"}
 EXTRA=${EXTRA:-}
 RESULTS=${RESULTS:-"$(cd "$(dirname "$0")/.." && pwd)/results/hopper30k"}  # where collect copies to
+CARRY=${CARRY:-"$(dirname "$RESULTS")/carry"}  # packs of unfinished runs (benchmarks/carry.py)
+CARRY_PY="$(dirname "$0")/carry.py"
 
 variant_flags() {
   case $1 in
@@ -61,24 +63,9 @@ collect_one() {  # dir: copy its config.json + metrics.csv to $RESULTS/<variant>
   mkdir -p "$dest" && cp "$1/config.json" "$1/metrics.csv" "$dest/" && echo "collected $dest"
 }
 
-carry_of() {  # run dir -> its pack in $RESULTS/carry/
-  echo "$RESULTS/carry/$(basename "$1" | sed 's/^hopper30k_//')"
-}
-
-pack_one() {  # dir: an unfinished run -> $RESULTS/carry/<variant>_s<seed>/ (replaced); a finished one: its pack removed
-  local carry
-  carry=$(carry_of "$1")
-  [[ -f "$1/checkpoints/ckpt.npz" || -f "$1/checkpoints/ckpt.prev.npz" ]] || return 0
-  if finished "$1"; then rm -rf "$carry"; return 0; fi
-  rm -rf "$carry.tmp" && mbrlax pack "$1" "$carry.tmp" && rm -rf "$carry" && mv "$carry.tmp" "$carry"
-}
-
 run_one() {  # core variant seed
   local core=$1 variant=$2 seed=$3 dir="$OUT/hopper30k_${2}_s${3}"
   while pgrep -f -- "$dir( |$)" > /dev/null; do sleep 60; done  # written by another process
-  if [[ ! -d "$dir" && -f "$(carry_of "$dir")/checkpoints/ckpt.npz" ]]; then  # a new machine: continue the pack
-    mkdir -p "$OUT" && cp -r "$(carry_of "$dir")" "$dir" && echo "from pack: $dir"
-  fi
   if [[ -f "$dir/checkpoints/ckpt.npz" || -f "$dir/checkpoints/ckpt.prev.npz" ]]; then
     if finished "$dir"; then echo "done: $dir"; return; fi
     echo "resume: $dir (core $core)"
@@ -92,11 +79,11 @@ run_one() {  # core variant seed
       || echo "FAILED: $dir (see $dir.log)"
   fi
   collect_one "$dir"  # each finished (or failed) run lands in results/ at once, not only at the end
-  pack_one "$dir"
 }
 
 if [[ ${1:-} == collect ]]; then  # results/hopper30k/<variant>_s<seed>/: what summarize.py and `mbrlax plot` read
-  for dir in "$OUT"/hopper30k_*_s*/; do collect_one "${dir%/}"; pack_one "${dir%/}"; done
+  for dir in "$OUT"/hopper30k_*_s*/; do collect_one "${dir%/}"; done
+  python "$CARRY_PY" pack "$OUT" "$CARRY"
   exit 0
 fi
 # A queue whose jobs cannot start would fail each one in turn, silently: check the venv first.
@@ -105,6 +92,7 @@ if ! command -v mbrlax > /dev/null || ! python -c "import mbrlax" 2> /dev/null; 
   exit 2
 fi
 
+[[ -d "$CARRY" ]] && python "$CARRY_PY" restore "$CARRY" "$OUT"  # a new machine: the runs packed on the last one
 jobs=()
 for seed in $SEEDS; do for v in $VARIANTS; do variant_flags "$v" > /dev/null; jobs+=("$v $seed"); done; done
 claims="$OUT/.claims.$$"  # a worker takes a job by creating its claim (mkdir is atomic)

@@ -160,6 +160,25 @@ def test_pack_resumes_as_the_run_with_its_model_buffer_cleared(tmp_path, capsys)
     assert meta["packed"][0]["model_rows"] == int(stopped.state.imagined.size) > 0
 
 
+def test_carry_packs_unfinished_runs_restores_them_and_drops_finished_ones(tmp_path):
+    import subprocess
+    import sys
+
+    carry = [sys.executable, str(Path(__file__).parent.parent / "benchmarks" / "carry.py")]
+    runs, packs, new_machine = tmp_path / "runs", tmp_path / "carry", tmp_path / "new"
+    cfg = tiny(tmp_path, total_steps=200, out=str(runs / "exp" / "a"))
+    mbrlax.train(cfg, stop_at=100)
+    done = mbrlax.train(tiny(tmp_path, total_steps=200, out=str(runs / "b")))
+    subprocess.run([*carry, "pack", str(runs), str(packs)], check=True)
+    assert (packs / "exp" / "a" / "checkpoints" / "ckpt.npz").exists() and not (packs / "b").exists()
+    subprocess.run([*carry, "restore", str(packs), str(new_machine)], check=True)
+    resumed = mbrlax.resume(new_machine / "exp" / "a")
+    np.testing.assert_array_equal(read_metrics(resumed.run_dir)["env_steps"], [100, 200])
+    assert done.run_dir.exists()
+    out = subprocess.run([*carry, "pack", str(new_machine), str(packs)], check=True, capture_output=True, text=True)
+    assert "finished, pack removed" in out.stdout and not (packs / "exp" / "a").exists()
+
+
 def test_pack_errors(tmp_path):
     with pytest.raises(CheckpointError, match="no config.json"):
         mbrlax.pack(tmp_path, tmp_path / "dest")
