@@ -55,7 +55,8 @@ def kill_9_during_training(flags: list[str], out, rows: int, column: str = "env_
 def check_pack_is_the_run_with_its_model_buffer_cleared(run_dir, tmp_path, cleared_leaves: dict) -> tuple:
     """Pack `run_dir` (a stopped Dyna run) and check the pack against a NumPy oracle: the original checkpoint
     with the `state.imagined.data` leaves zeroed, `state.imagined.size` 0 and `cleared_leaves` (name: value)
-    set, stored uncompressed. Both resume to the end; returns their Runs (packed, oracle)."""
+    set, stored uncompressed. Both resume to the end with equal states; returns their Runs (packed, oracle)."""
+    import jax
     import numpy as np
 
     from mbrlax.cli import main
@@ -81,4 +82,6 @@ def check_pack_is_the_run_with_its_model_buffer_cleared(run_dir, tmp_path, clear
     original_size = (run_dir / "checkpoints" / "ckpt.npz").stat().st_size
     assert (packed / "checkpoints" / "ckpt.npz").stat().st_size < original_size - 0.9 * model_rows_bytes
     assert not (packed / "checkpoints" / "ckpt.prev.npz").exists()
-    return mbrlax.resume(packed), mbrlax.resume(oracle)
+    packed_run, oracle_run = mbrlax.resume(packed), mbrlax.resume(oracle)
+    jax.tree.map(np.testing.assert_array_equal, packed_run.state, oracle_run.state)
+    return packed_run, oracle_run
