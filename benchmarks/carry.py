@@ -35,6 +35,7 @@ def run_dirs(root: Path) -> list[Path]:
 
 
 def finished(run: Path) -> bool:
+    """Its metrics reach the config's total_steps (benchmarks/hopper30k.sh asks this too)."""
     steps = read_metrics(run).get("env_steps", [])
     return len(steps) > 0 and steps[-1] >= json.loads((run / "config.json").read_text())["total_steps"]
 

@@ -44,12 +44,13 @@ variant_flags() {
   esac
 }
 
-finished() {  # dir: metrics reach TOTAL
-  python - "$1" "$TOTAL" <<'EOF'
+finished() {  # dir: its metrics reach the config's total_steps (carry.py's test)
+  python - "$1" "$CARRY_PY" <<'EOF'
 import sys
-from mbrlax.run.metrics import read_metrics
-m = read_metrics(sys.argv[1])
-sys.exit(0 if len(m.get("env_steps", [])) and m["env_steps"][-1] >= int(sys.argv[2]) else 1)
+from pathlib import Path
+sys.path.insert(0, str(Path(sys.argv[2]).parent))
+from carry import finished
+sys.exit(0 if finished(Path(sys.argv[1])) else 1)
 EOF
 }
 

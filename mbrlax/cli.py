@@ -30,23 +30,27 @@ USAGE = """usage: mbrlax {train,resume,pack,eval,diagnose,plot,bench,sweep} [--h
 """
 
 
+# Positional arguments named in --help by what they are (tyro's default names them by type: STR).
+RunDir = Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RUN_DIR")]
+
+
 @dataclass(frozen=True)
 class ResumeArgs:
-    run_dir: tyro.conf.Positional[str]
+    run_dir: RunDir
     """Run directory to continue."""
 
 
 @dataclass(frozen=True)
 class PackArgs:
-    run_dir: tyro.conf.Positional[str]
+    run_dir: RunDir
     """Run directory to pack (it may still be running)."""
-    dest: tyro.conf.Positional[str]
+    dest: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="DEST")]
     """New directory for the copy: config.json, metrics.csv, a deflated checkpoint without the model buffer."""
 
 
 @dataclass(frozen=True)
 class EvalArgs:
-    run_dir: tyro.conf.Positional[str]
+    run_dir: RunDir
     """Run directory whose last checkpoint is evaluated."""
     episodes: int = 10
     """Evaluation episodes."""
@@ -60,11 +64,11 @@ class EvalArgs:
 
 @dataclass(frozen=True)
 class DiagnoseArgs:
-    run_dir: tyro.conf.Positional[str]
+    run_dir: RunDir
     """Run directory whose saved model is diagnosed (mbpo, pmac or memr)."""
-    output: Annotated[str | None, tyro.conf.arg(aliases=("-o",))] = None
+    output: Annotated[str | None, tyro.conf.arg(aliases=("-o",), metavar="PNG")] = None
     """Output PNG (default: RUN_DIR/diagnose.png)."""
-    csv: str | None = None
+    csv: Annotated[str | None, tyro.conf.arg(metavar="CSV")] = None
     """Output CSV (default: RUN_DIR/diagnose.csv)."""
     horizon: int = 10
     """Longest open-loop horizon of the h-step error curve."""
@@ -72,9 +76,9 @@ class DiagnoseArgs:
 
 @dataclass(frozen=True)
 class PlotArgs:
-    run_dirs: tyro.conf.Positional[tuple[str, ...]]
+    run_dirs: Annotated[tuple[str, ...], tyro.conf.Positional, tyro.conf.arg(metavar="RUN_DIR [RUN_DIR ...]")]
     """Run directories (runs with equal configs but for the seed are averaged)."""
-    output: Annotated[str, tyro.conf.arg(aliases=("-o",))] = "curves.png"
+    output: Annotated[str, tyro.conf.arg(aliases=("-o",), metavar="PNG")] = "curves.png"
     """Output PNG."""
     x: str = "env_steps"
     """metrics.csv column on the x axis."""

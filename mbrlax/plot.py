@@ -141,6 +141,8 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path,
     Each group is drawn as the mean over its seeds with a +- one standard error band; where some seeds have
     stopped the line goes on dashed, as the mean of those that have not (the label says from where).
     """
+    if not run_dirs:
+        raise ValueError("no run directories given: name one or more, e.g. `mbrlax plot runs/*/ -o curves.png`")
     fig = Figure(figsize=(7, 4.5))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()

@@ -272,6 +272,9 @@ def test_plot_errors(fake_runs, tmp_path):
     (empty / "config.json").write_text("{}")
     with pytest.raises(ValueError, match="no metrics.csv"):
         plot_runs([empty], tmp_path / "p.png")
+    with pytest.raises(ValueError, match="no run directories given"):
+        plot_runs([], tmp_path / "p.png")
+    assert not (tmp_path / "p.png").exists()
 
 
 def test_plot_cli_says_what_is_wrong_without_a_traceback(tmp_path, capsys):
@@ -283,6 +286,22 @@ def test_plot_cli_says_what_is_wrong_without_a_traceback(tmp_path, capsys):
         main(["plot", str(not_a_run), "-o", str(tmp_path / "p.png")])
     assert stop.value.code == 2
     assert f"mbrlax plot: run {not_a_run} has no config.json" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        main(["plot", "-o", str(tmp_path / "p.png")])
+    assert stop.value.code == 2
+    assert "mbrlax plot: no run directories given" in capsys.readouterr().err
+    assert "RUN_DIR [RUN_DIR ...]" in _help(main, "plot") and "RUN_DIR DEST" in _help(main, "pack")
+
+
+def _help(main, command: str) -> str:
+    """`mbrlax COMMAND --help` as printed."""
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        main([command, "--help"])
+    return out.getvalue()
 
 
 # --------------------------------------------------------------------------- progress
