@@ -522,8 +522,12 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         from mbrlax import envs  # late: envs imports gymnasium
 
         _require(cfg.reward is not None or envs.get_spec(cfg.env).reward is not None, "env", cfg.env,
-                 "dam plans with a known reward function; envs that have one: IcyRoad-v0, Intersection-v0, "
-                 "or give your env's with --reward module:function")
+                 "dam plans with a known reward function; envs that have one: IcyRoad-v0, Intersection-v0, the "
+                 "MBBL envs (HopperMBBL-v0, ...), or give your env's with --reward module:function")
+        scale = getattr(envs.mbbl.MBBL_ENVS.get(cfg.env), "action_scale", 1.0)
+        _require(cfg.reward is not None or scale == 1.0, "env", cfg.env,
+                 f"its known reward takes the agent's action in [-1, 1] (the env action is {scale:g} x it), but "
+                 "dam plans in the env's own actions; give a reward of env actions with --reward module:function")
     a, b, x, y = r.schedule
     _require(
         len(r.schedule) == 4 and a < b and 1 <= x and 1 <= y, "rollout.schedule", r.schedule,

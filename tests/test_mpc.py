@@ -145,6 +145,10 @@ def test_dam_bad_input(tmp_path, capsys):
         main(["train", "--algo", "dam", "--env", "Hopper-v5", "--out", str(tmp_path / "x")])
     assert e.value.code == 2
     assert "known reward function" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # its known reward takes agent actions, dam plans in env actions (+-0.4)
+        main(["train", "--algo", "dam", "--env", "SlimHumanoidMBBL-v0", "--out", str(tmp_path / "y")])
+    assert e.value.code == 2
+    assert "the env action is 0.4 x it" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="dam.num_sequences"):
         mbrlax.train(replace(small(tmp_path), dam=replace(small(tmp_path).dam, num_sequences=0)))
     with pytest.raises(ConfigError, match="dam.disc_holdout"):

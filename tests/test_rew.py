@@ -113,6 +113,39 @@ def test_meta_gradient_is_eq5_and_matches_autodiff_and_finite_differences():
             assert float(f) == pytest.approx(float(flat(grad) @ flat(d)), rel=1e-5, abs=1e-12)
 
 
+def test_weight_network_adam_steps_are_not_cut_by_eps():
+    """At Hopper's sizes (obs 11, act 3, H = 5, Ne = 52, Nv = 256, mu = 3e-4) Eq. 5's gradient on the GRU is of
+    order 1e-9: Adam's first step must still move each entry by about the learning rate (|m / sqrt(v)| = 1),
+    which optax's default eps = 1e-8 would cut to a fraction."""
+    obs_dim, act_dim, r = 11, 3, ReWConfig()
+    ks = jax.random.split(jax.random.key(0), 4)
+    agent = jax.jit(sac_init, static_argnums=(1, 2, 3))(ks[0], obs_dim, act_dim, SACConfig())
+    theta = {"critic": agent.params["critic"], "actor": agent.params["actor"]}
+    d, n = 2 * obs_dim + act_dim + 1, r.horizon * r.meta_starts
+    x = normal(r.horizon, r.meta_starts, d)
+    obs, action, targets = normal(n, obs_dim), jnp.tanh(normal(n, act_dim)), 1.0 + 0.3 * normal(n, 7)
+    nv = r.meta_batch
+    real_obs, real_act, real_y = normal(nv, obs_dim), jnp.tanh(normal(nv, act_dim)), 1.0 + 0.3 * normal(nv)
+    w = init_weight_net(ks[1], d, r.hidden, r.last_bias)
+    w = {**w, "head": {"w": jnp.asarray(RNG.uniform(-0.03, 0.03, (r.hidden, 1)), jnp.float32), "b": w["head"]["b"]}}
+
+    @jax.jit
+    def grad(w):
+        weight_fn = lambda p: sequence_weights(p, x)[0].reshape(-1) / n
+        losses_fn = lambda th: set_losses(th, theta["critic"], obs, action, targets, 0.2, ks[2])
+        objective_fn = lambda th: jnp.mean(set_losses(th, theta["critic"], real_obs, real_act, real_y[:, None], 0.2,
+                                                      ks[3]))
+        return meta_gradient(w, weight_fn, theta, losses_fn, objective_fn, r.inner_lr)[0]
+
+    g = grad(w)
+    gru = np.abs(np.concatenate([np.ravel(v) for v in jax.tree.leaves(g["gru"])]))
+    assert np.median(gru) < 1e-7  # the regime this test is about
+    opt = ReW(preset("HopperMBBL-v0", "rew")).w_opt
+    step = opt.update(g, opt.init(w), w)[0]["gru"]
+    moved = np.abs(np.concatenate([np.ravel(v) for v in jax.tree.leaves(step)])) / r.weight_lr
+    assert np.median(moved) > 0.98 and np.mean(moved > 0.9) > 0.99  # X
+
+
 # --------------------------------------------------------------------------- the weight network (Fig. 1 right)
 
 
@@ -190,6 +223,38 @@ def test_set_rollout_sets_spread_and_next_input():
     np.testing.assert_array_equal(sr.valid[1:], np.cumprod(~done[:-1], axis=0).astype(bool))
     assert 0 < done[0].mean() < 1
     np.testing.assert_array_equal(sr.set_done, np.asarray(sr.set_next_obs[..., 0] > 1.5, np.float32))
+
+
+def test_equal_samples_have_exactly_zero_spread():
+    """A reward of (s, a) only (the MBBL rewards) is the same for every sample of a set: its spread must be 0, not
+    float32's ulp noise (which the normalizer would blow up to a unit-variance feature for rewards ~100)."""
+    model, H, N = small_model(ensemble=7), 3, 500  # sets of 7 samples, as on Hopper
+    reward_fn = lambda o, a, n: 100.0 + 10.0 * jnp.sum(o, -1) - jnp.sum(a**2, -1)
+    never = lambda o, a, n: jnp.zeros(o.shape[0], bool)
+    sr = jax.jit(lambda m, s, a, k: set_rollout(m, s, a, k, H, H, never, reward_fn))(
+        model, normal(N, OBS), jnp.tanh(normal(H, N, ACT)), jax.random.key(5))
+    np.testing.assert_array_equal(sr.spread[..., 0], 0.0)
+    assert np.all(np.asarray(sr.spread[..., 1:]) > 0)  # the next states do spread
+    # XLA may fold the repeated reward above; on stored equal values a plain std is off by an ulp in about half the
+    # sets, the spread about the first sample never.
+    equal = np.repeat(RNG.normal(100, 30, size=(2000, 1)).astype(np.float32), 7, axis=1)
+    assert np.mean(np.asarray(jnp.std(equal, axis=1)) > 0) > 0.2
+    np.testing.assert_array_equal(rew_mod.sample_std(jnp.asarray(equal)), 0.0)
+    varied = normal(2000, 7, 3)
+    np.testing.assert_allclose(rew_mod.sample_std(varied), np.asarray(varied).std(1), rtol=1e-5)
+
+
+def test_normalizer_ignores_non_finite_masked_rows():
+    """Rows after a rollout's termination are masked out and may hold inf or nan: they must not reach the statistics."""
+    x = normal(4, 50, D)
+    mask = jnp.asarray(RNG.uniform(size=(4, 50)) < 0.7)
+    rows = np.asarray(x)[np.asarray(mask)]
+    norm0 = {"mean": jnp.zeros(D), "var": jnp.ones(D), "count": jnp.int32(0)}
+    update = jax.jit(rew_mod.updated_norm, static_argnums=3)
+    for fill in (jnp.inf, jnp.nan):
+        got = update(norm0, jnp.where(mask[..., None], x, fill), mask, 0.1)
+        np.testing.assert_allclose(got["mean"], rows.mean(0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got["var"], rows.var(0), rtol=1e-4, atol=1e-6)
 
 
 def test_real_sequences_follow_one_episode():
@@ -289,6 +354,32 @@ def test_minibatch_weights_real_rows_one_model_rows_their_weights():
     pe = ReW(tiny_rew(weights="none"))
     b = jax.jit(pe.agent_batch, static_argnums=3)(pe.init(jax.random.key(0), 4, 1), real, imagined, cap, key)
     np.testing.assert_array_equal(b.q_weight, 1.0)
+
+
+def test_weight_metrics_read_the_newest_rows_counted_back_from_ptr():
+    """After `mbrlax pack` the model buffer is empty but keeps its ptr, so new rows land at ptr, ptr + 1, ...: the
+    weight columns must read the `size` rows before ptr (every depth present), not rows [0, size)."""
+    cfg = tiny_rew(horizon=3)
+    r = ReW(cfg)
+    cap = r.imagined_capacity()
+    u = jax.jit(r.init, static_argnums=(1, 2))(jax.random.key(0), 4, 1)
+    ptr, size = 100, 300  # the rows before ptr wrap around the end
+    rows = (ptr - size + np.arange(size)) % cap
+    assert cap > size
+    put = lambda col, v: col.at[rows].set(v)
+    u = {**u, "w": random_head(u["w"]), "ptr": jnp.int32(ptr), "size": jnp.int32(size),
+         "feat": put(u["feat"], normal(size, u["feat"].shape[1])),
+         "carry": put(u["carry"], normal(size, cfg.rew.hidden)),
+         "depth": put(u["depth"], np.tile(np.arange(3, dtype=np.int32), size // 3))}
+    agent = jax.jit(sac_init, static_argnums=(1, 2, 3))(jax.random.key(1), 4, 1, cfg.sac)
+    real = jax.jit(buffer_init, static_argnums=(0, 1, 2))(4, 1, 500).replace(size=jnp.int32(300), ptr=jnp.int32(300))
+    m = jax.jit(r.epoch_metrics)(u, agent, real)
+    w = np.asarray(jax.jit(r.row_weights)(u, jnp.asarray(rows)))
+    depth = np.asarray(u["depth"])[rows]
+    for k in range(3):
+        assert float(m[f"rew/weight_depth_{k}"]) == pytest.approx(w[depth == k].mean(), abs=4 * float(w.std()) / 30)
+    assert float(m["rew/weight_mean"]) == pytest.approx(w.mean(), abs=4 * float(w.std()) / 64)  # 4,096 draws
+    assert float(m["rew/weight_min"]) >= w.min() - 1e-6
 
 
 def test_rew_config_presets_errors_registry_and_help(capsys):

@@ -347,8 +347,9 @@ def termination_fn(env_id: str) -> TerminationFn:
 def reward_fn(env_id: str) -> RewardFn:
     """Pure-jnp ``fn(obs, action, next_obs) -> [B]``: the known reward of ``env_id``.
 
-    Known only for presets with a reward (IcyRoad-v0, Intersection-v0, with their default
-    parameters); raises ``ValueError`` for other ids.
+    Known for presets with a reward (IcyRoad-v0, Intersection-v0 with their default parameters, and
+    the MBBL envs, whose reward takes the agent's action in [-1, 1]) and for envs registered with one;
+    raises ``ValueError`` for other ids.
     """
     spec = get_spec(env_id)
     if spec.reward is None:

@@ -15,9 +15,13 @@ the START state s_t of a transition and the env-scale action a_t (``mbbl/env/gym
 
 s[velocity] is qvel[0] (forward velocity) and s[0] the torso height (for the walkers and the ant). Humanoid's
 actions are bounded by +-0.4, so its control cost is of the env action 0.4 a; the pure-jnp reward functions here
-take the agent's action a in [-1, 1] (as model rollouts give it) and scale it. Walker2d uses Gymnasium's
-``walker2d.xml`` (feet friction 0.9 / 1.9, as v2-v4 and, presumably, MBBL's v1) rather than v5's (both 1.9).
-Physics is MuJoCo 3 instead of MBBL's MuJoCo 1.31, so absolute returns differ somewhat from the paper's.
+take the agent's action a in [-1, 1] (as model rollouts give it) and scale it (so `--algo dam`, which plans in
+env actions, refuses SlimHumanoidMBBL-v0 unless given its own --reward). MBBL's own planners (RS, PETS) pass
+actions in [-1, 1] to the humanoid, whose control cost is then up to 6.25 times ours: SlimHumanoid returns are
+comparable with SAC-based numbers (the ±0.4 action space MBBL exposes), not with MBBL's planners'. Walker2d uses
+Gymnasium's ``walker2d.xml`` (feet friction 0.9 / 1.9, as gym 0.9.4's that MBBL loads) rather than v5's (both
+1.9). Gymnasium's humanoid.xml limits left_hip_y to -110..20 degrees, gym 0.9.4's to -120..20 (gym PR 932).
+Physics is MuJoCo >= 3.1 instead of MBBL's MuJoCo 1.31, so absolute returns differ somewhat from the paper's.
 """
 
 from __future__ import annotations

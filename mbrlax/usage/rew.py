@@ -28,7 +28,8 @@ critic in both the inner step and J_meta, and the Q targets use the target criti
 
 Choices where the paper is silent (its appendix with the hyperparameters is not in our copy; SPECS 3.2-3.3):
 - H = 5, M = 1, B = every member (7), Ne = 52 (Ne x H = 260 sets), Nv = 256, mu = 3e-4 (plain SGD), mu_w = 3e-4
-  (Adam), GRU width 64, one meta step per env step (SPECS C1: t of Algorithm 1 is an env step).
+  (Adam, its eps scaled like the gradient: `meta_adam_eps`), GRU width 64, one meta step per env step (SPECS C1:
+  t of Algorithm 1 is an env step).
 - Losses are means over sets and over a set's samples, not sums (with sums the inner step would scale with
   Ne x H x M x B). A set's Q loss is the mean over its samples of 0.5 sum_j (Q_j(s, a) - y_mb)^2, whose gradient
   is that of one transition with the mean target.
@@ -46,7 +47,7 @@ Choices where the paper is silent (its appendix with the hyperparameters is not 
   rew.real_updates N > 0 adds N updates on real-only minibatches after the K updates instead.
 - The feature normalizer is a running mean / variance (stop-gradient) over the generated training sets, updated
   once per generation with rate 1 / (generations the model buffer holds); a zero std (the reward spread of the
-  MBBL rewards, which depend on s and a only) counts as 1.
+  MBBL rewards, which depend on s and a only: taken about the first sample, it is exactly 0) counts as 1.
 - A known reward (EnvSpec.reward, the MBBL envs) gives each sample's reward r(s, a, s'_mb); otherwise the model's
   reward head is sampled with the next state.
 """
@@ -70,8 +71,9 @@ from mbrlax.nets import mlp_init
 from mbrlax.types import Batch, Transition
 from mbrlax.usage.base import ModelUsage, minibatch, model_buffer_rows
 
-__all__ = ["ReW", "ReWConfig", "SetRollout", "explore_action", "meta_gradient", "meta_gradient_autodiff",
-           "real_sequences", "sequence_weights", "set_losses", "set_rollout", "weight_net_init", "weight_step"]
+__all__ = ["ReW", "ReWConfig", "SetRollout", "explore_action", "meta_adam_eps", "meta_gradient",
+           "meta_gradient_autodiff", "real_sequences", "sequence_weights", "set_losses", "set_rollout",
+           "weight_net_init", "weight_step"]
 
 TRACE_COUNTS: collections.Counter = collections.Counter()  # this module's own jitted functions traced, by name
 METRIC_ROWS = 4096  # model-buffer rows whose current weights make an epoch's weight columns
@@ -131,10 +133,11 @@ def normalize(norm: dict, x):
 
 def updated_norm(norm: dict, x, mask, rate: float) -> dict:
     """The running mean and variance after one generation of features x [..., D] (rows where `mask`)."""
-    m = mask[..., None].astype(x.dtype)
+    m = mask[..., None]
     n = jnp.maximum(jnp.sum(m), 1.0)
-    mean = jnp.sum(x * m, axis=tuple(range(x.ndim - 1))) / n
-    var = jnp.sum((x - mean) ** 2 * m, axis=tuple(range(x.ndim - 1))) / n
+    axes = tuple(range(x.ndim - 1))
+    mean = jnp.sum(jnp.where(m, x, 0.0), axis=axes) / n  # where, not x * mask: an invalid row may be inf
+    var = jnp.sum(jnp.where(m, (x - mean) ** 2, 0.0), axis=axes) / n
     a = jnp.where(norm["count"] == 0, 1.0, rate)  # the first generation sets the statistics
     return {"mean": (1 - a) * norm["mean"] + a * mean, "var": (1 - a) * norm["var"] + a * var,
             "count": norm["count"] + 1}
@@ -154,6 +157,13 @@ class SetRollout:
     set_reward: jax.Array | None = None  # [H, N, S] every sample's reward (full_sets only)
     set_next_obs: jax.Array | None = None  # [H, N, S, obs]
     set_done: jax.Array | None = None  # [H, N, S] float
+
+
+def sample_std(x):
+    """Std over a set's samples (axis 1), taken about the first sample: the same value, but exactly 0 where
+    every sample is equal (float32's mean of equal rewards is off by an ulp, whose noise the normalizer would
+    rescale to a unit-variance feature)."""
+    return jnp.std(x - x[:, :1], axis=1)
 
 
 def set_features(sets: SetRollout):
@@ -197,7 +207,7 @@ def set_rollout(model: ModelState, start_obs, actions, key, horizon, max_horizon
         flat_next = next_obs.reshape(n * s, -1)
         reward = out[..., 0] if reward_fn is None else reward_fn(each(obs), each(action), flat_next).reshape(n, s)
         done = termination_fn(each(obs), each(action), flat_next).reshape(n, s)
-        spread = jnp.concatenate([jnp.std(reward, axis=1)[:, None], jnp.std(next_obs, axis=1)], axis=-1)
+        spread = jnp.concatenate([sample_std(reward)[:, None], sample_std(next_obs)], axis=-1)
         rows, pick = jnp.arange(n), jax.random.randint(k_pick, (n,), 0, s)  # the next input: one sample, uniformly
         chosen = Transition(obs, action, reward[rows, pick], next_obs[rows, pick], done[rows, pick].astype(jnp.float32))
         valid = alive & (depth < horizon)
@@ -257,6 +267,14 @@ def meta_gradient_autodiff(w_params, weight_fn, theta, losses_fn, objective_fn, 
     return grad, j
 
 
+def meta_adam_eps(r: ReWConfig) -> float:
+    """Adam's eps for the weight network. Eq. 5's gradient is mu times a mean over the H x Ne sets (the paper
+    sums), so it is about mu / (H Ne) ~ 1e-6 times a per-set gradient: the GRU's entries measure 1e-9-1e-8,
+    where optax's default eps of 1e-8 would cut their Adam steps to 20-50%. Scaling eps by the same factor
+    keeps it the negligible floor Adam intends, whatever mu and Ne are."""
+    return 1e-8 * r.inner_lr / (r.horizon * r.meta_starts)
+
+
 def real_q_loss(agent, real: Buffer, n: int, key, gamma: float):
     """The critic's loss on the n newest real transitions, 0.5 sum_j mean (Q_j(s, a) - y)^2 (Fig. 3's measure)."""
     b = gather(real, (real.ptr - 1 - jnp.arange(n)) % real.capacity)
@@ -280,7 +298,7 @@ class ReW(ModelUsage):
         self.learned = self.r.weights == "rew"
         spec = envs.get_spec(cfg.env)
         self.termination_fn, self.reward_fn = spec.termination or never, spec.reward
-        self.w_opt = optax.adam(self.r.weight_lr)
+        self.w_opt = optax.adam(self.r.weight_lr, eps=meta_adam_eps(self.r))
         held = cfg.rollout.retain_epochs * max(1, cfg.steps_per_epoch // cfg.model.train_freq)
         self.norm_rate = 1.0 / held  # the normalizer follows the generations the model buffer holds
         self.metric_columns = ("rew/weight_mean", "rew/weight_min",
@@ -357,8 +375,9 @@ class ReW(ModelUsage):
         real, params = state.real, state.agent.params
         start, actions, linked = real_sequences(real, k_seq, r.meta_starts, r.horizon)
         sets = self.set_rollout(state.model, real.data.obs[start], actions, k_roll, full_sets=True)
-        x = normalize(usage["norm"], set_features(sets))
-        mask = (sets.valid & linked).reshape(-1).astype(jnp.float32)
+        valid = sets.valid & linked  # [H, Ne]; an invalid set's inputs are zeroed, since 0 x inf would be nan
+        x = jnp.where(valid[..., None], normalize(usage["norm"], set_features(sets)), 0.0)
+        mask = valid.reshape(-1)
         per_set = mask / jnp.maximum(jnp.sum(mask), 1.0)  # a mean over the valid sets
         weight_fn = lambda p: sequence_weights(p, x)[0].reshape(-1) * per_set
 
@@ -368,7 +387,8 @@ class ReW(ModelUsage):
         set_y = soft_q_target(target, actor, sets.set_reward.reshape(-1), sets.set_next_obs.reshape(-1, obs_dim),
                               sets.set_done.reshape(-1), alpha, k_set_y, gamma).reshape(-1, n_samples)
         flat = lambda a: a.reshape((-1,) + a.shape[2:])
-        obs, action = flat(sets.transitions.obs), flat(sets.transitions.action)
+        keep = lambda a: jnp.where(mask.reshape((-1,) + (1,) * (a.ndim - 1)), a, 0.0)  # [H Ne, ...]
+        obs, action, set_y = keep(flat(sets.transitions.obs)), keep(flat(sets.transitions.action)), keep(set_y)
         losses_fn = lambda th: set_losses(th, critic, obs, action, set_y, alpha, k_set_pi)
 
         batch = gather(real, sample_indices(real, k_real, r.meta_batch))
@@ -417,7 +437,8 @@ class ReW(ModelUsage):
                "rew/meta_loss": usage["meta_loss"]}
         if not self.learned:  # PE-SAC: every weight is 1
             return {**out, **{c: jnp.float32(1.0) for c in self.metric_columns if c.startswith("rew/weight")}}
-        rows = jax.random.randint(k_rows, (METRIC_ROWS,), 0, jnp.maximum(usage["size"], 1))
+        back = jax.random.randint(k_rows, (METRIC_ROWS,), 0, jnp.maximum(usage["size"], 1))
+        rows = (usage["ptr"] - 1 - back) % usage["feat"].shape[0]  # the newest rows, before ptr (a pack keeps ptr)
         w, depth = self.row_weights(usage, rows), usage["depth"][rows]
         nan = jnp.float32(jnp.nan)
         out["rew/weight_mean"] = jnp.where(usage["size"] > 0, jnp.mean(w), nan)
