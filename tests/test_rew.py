@@ -137,13 +137,12 @@ def test_weight_network_adam_steps_are_not_cut_by_eps():
                                                       ks[3]))
         return meta_gradient(w, weight_fn, theta, losses_fn, objective_fn, r.inner_lr)[0]
 
+    entries = lambda tree: np.abs(np.concatenate([np.ravel(v) for v in jax.tree.leaves(tree)]))
     g = grad(w)
-    gru = np.abs(np.concatenate([np.ravel(v) for v in jax.tree.leaves(g["gru"])]))
-    assert np.median(gru) < 1e-7  # the regime this test is about
+    assert np.median(entries(g["gru"])) < 1e-7  # the regime this test is about
     opt = ReW(preset("HopperMBBL-v0", "rew")).w_opt
-    step = opt.update(g, opt.init(w), w)[0]["gru"]
-    moved = np.abs(np.concatenate([np.ravel(v) for v in jax.tree.leaves(step)])) / r.weight_lr
-    assert np.median(moved) > 0.98 and np.mean(moved > 0.9) > 0.99  # X
+    moved = entries(opt.update(g, opt.init(w), w)[0]["gru"]) / r.weight_lr
+    assert np.median(moved) > 0.98 and np.mean(moved > 0.9) > 0.99  # (optax's default eps 1e-8: median 0.27)
 
 
 # --------------------------------------------------------------------------- the weight network (Fig. 1 right)
